@@ -1,0 +1,121 @@
+//! Split one [`Stream`](futures_core::Stream) into several branches that each
+//! see every item, over **one bounded buffer**: memory stays bounded however
+//! far one consumer lags, because the slowest branch holds the others back.
+//!
+//! An unbounded tee (Python's `itertools.tee`, and the clone-the-stream
+//! helpers of Rust) keeps every item the slowest consumer has not read yet:
+//! one consumer stalls and memory grows until the process dies. `fanout`
+//! bounds it: `stream.fanout(n, cap)` returns `n` [`Branch`]es that share
+//! one buffer of `cap` items, and a branch that is `cap` items ahead of the
+//! slowest one waits. Backpressure instead of growth.
+//!
+//! ```
+//! use fanout::StreamExt as _;
+//! use futures::{executor::block_on, future, stream, StreamExt};
+//!
+//! let events = stream::iter(1..=1000);
+//! let [parser, metrics, audit]: [_; 3] = events.fanout(3, 64).try_into().unwrap();
+//!
+//! let (parsed, total, audited) = block_on(future::join3(
+//!     parser.map(|n| n * 2).collect::<Vec<_>>(),
+//!     metrics.fold(0, |sum, n| future::ready(sum + n)),
+//!     audit.count(),
+//! ));
+//! assert_eq!(parsed.len(), 1000);
+//! assert_eq!(total, 500_500);
+//! assert_eq!(audited, 1000);
+//! ```
+//!
+//! # The model
+//!
+//! - **Every branch yields every item**, in upstream order, then `None`, and
+//!   stays terminated. Each branch is an ordinary [`Stream`], and a
+//!   [`FusedStream`](futures_core::FusedStream).
+//! - **One buffer, shared.** Each item is stored once, whatever the number of
+//!   branches, and held until every branch has read it. The branch that reads
+//!   it last takes it by move; the others get clones, so an item is cloned at
+//!   most `n - 1` times (wrap costly items in an `Arc`).
+//! - **Who waits for whom.** At most `cap` items are buffered. A branch that
+//!   is `cap` items ahead of the slowest branch returns `Pending` until the
+//!   slowest one reads an item (or is dropped), and until then the upstream
+//!   is not polled. So the upstream is never polled more than `cap` items
+//!   past what the slowest branch has read. [`Branch::lag`] tells how far
+//!   behind a branch is.
+//! - **No task is spawned.** Whichever branch needs an item that nobody has
+//!   pulled yet polls the upstream itself. Creating branches polls nothing.
+//!   The branches work on any executor, from one task (with `join` or
+//!   `select`) or from many tasks and threads. The upstream needs neither
+//!   `Unpin` nor [`FusedStream`](futures_core::FusedStream); it is never
+//!   polled again once it returned `None`, and is dropped then.
+//! - **Dropping a branch** detaches it at once: its unread items are
+//!   released, it never holds the others back again, and branches that were
+//!   waiting for room are woken. When the last branch is dropped, the
+//!   upstream and the buffered items are dropped.
+//! - **Cloning a branch** forks it: the clone starts where the original is,
+//!   yields the same remaining items, and from then on counts for
+//!   backpressure like any other branch.
+//! - **No lost wake-ups.** The upstream is always polled with a waker of the
+//!   fanout's own, which wakes every branch waiting for the upstream, so a
+//!   waiting branch does not depend on the branch that polled last (it may
+//!   have been dropped, or be busy elsewhere). Wakers are woken after
+//!   internal locks are released, so a waker may poll or drop branches.
+//! - **A panic in the upstream** propagates to the branch that polled it.
+//!   The other branches still get every buffered item, then panic with a
+//!   message that says the upstream panicked; none of them hangs.
+//! - **Cancel safety.** A branch's `next()` future can be dropped without
+//!   losing an item: an item leaves the buffer only when it is returned.
+//!
+//! A branch is `Send` and `Sync` when the upstream is `Send` and its items
+//! are `Send`, and it is always `Unpin`.
+//!
+//! # Compared with
+//!
+//! - **`itertools::tee`, Python's `itertools.tee`, and unbounded Rust tees**
+//!   (clone-the-stream helpers): same "everyone sees everything", but their
+//!   buffer grows without bound behind a slow consumer.
+//! - **`tokio::sync::broadcast`**: bounded, but lossy: a receiver that falls
+//!   behind gets `Lagged` and loses items. `fanout` never drops an item.
+//! - **`async-broadcast`, `postage`, or one bounded channel per consumer**:
+//!   bounded and lossless, but they need a task that pulls the upstream and
+//!   sends, shutdown logic, and a channel operation per item per consumer
+//!   (or `n` queues). `fanout` is a combinator: no task, one buffer, and it
+//!   pulls the upstream only on demand.
+//!
+//! # The name clash with `futures`
+//!
+//! This crate's trait is called [`StreamExt`], like `futures::StreamExt`:
+//! import it anonymously with `use fanout::StreamExt as _;`. On a type that is
+//! both a `Stream` and a `Sink`, `futures::SinkExt::fanout` is a method too,
+//! and `value.fanout(..)` is ambiguous when both traits are in scope; call
+//! the free function [`fanout()`] or `fanout::StreamExt::fanout(value, n,
+//! cap)` instead:
+//!
+//! ```
+//! use futures::{executor::block_on, future, stream, StreamExt};
+//!
+//! // Fully qualified, or with the free function: never ambiguous.
+//! let [a, b]: [_; 2] = fanout::StreamExt::fanout(stream::iter(["event"]), 2, 16)
+//!     .try_into()
+//!     .unwrap();
+//! let [c, d]: [_; 2] = fanout::fanout(stream::iter(["event"]), 2, 16).try_into().unwrap();
+//! let seen = block_on(future::join4(a.count(), b.count(), c.count(), d.count()));
+//! assert_eq!(seen, (1, 1, 1, 1));
+//! ```
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![doc(test(attr(deny(warnings))))]
+
+mod branch;
+mod shared;
+mod stream_ext;
+mod sync;
+mod upstream_signal;
+mod waiters;
+
+pub use branch::Branch;
+pub use stream_ext::{fanout, StreamExt};

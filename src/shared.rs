@@ -1,0 +1,386 @@
+//! The one bounded buffer that all branches of a fanout share.
+//!
+//! # Algorithm
+//!
+//! Items are numbered by *position*, 0 for the first item the upstream
+//! yields. Each branch keeps the position of the next item it will read. The
+//! buffer holds the items from `head` (the oldest position some live branch
+//! has not read) up to `head + slots.len()` (the next position the upstream
+//! will yield), and each slot counts the live branches that have not read it
+//! yet.
+//!
+//! A branch that polls does one of four things, all decided under the state
+//! lock:
+//!
+//! 1. Its item is buffered: it takes it. If it is the last branch to read
+//!    that slot, the slot is the oldest one (every other branch has passed
+//!    it, and slots only get older towards the front), so it pops the slot
+//!    and takes the item by move; otherwise it clones the item. Popping frees
+//!    room, so the branches waiting for room are woken.
+//! 2. It is at the end of the buffer and the buffer holds `capacity` items:
+//!    it waits for room. The slowest branch frees room when it reads the
+//!    oldest slot, or a dropped branch frees it by letting go of its slots.
+//! 3. It is at the end and another branch is polling the upstream: it waits
+//!    for the upstream (see [`UpstreamSignal`]).
+//! 4. It is at the end and there is room: it takes the upstream out of the
+//!    state, releases the lock, and polls the upstream itself, with the
+//!    fanout's own waker. A yielded item is pushed with one reader per live
+//!    branch and read at once by the poller; the end of the upstream is
+//!    recorded; either way the branches waiting for the upstream are woken.
+//!    If the upstream returned `Pending`, the poller waits for it like case 3.
+//!
+//! So the upstream is polled by one branch at a time, never while the buffer
+//! is full, and never with a lock held: it may wake its waker, and so any
+//! branch, from inside `poll_next`. If it panics, the upstream is marked as
+//! panicked, dropped, and every waiting branch is woken: the branches still
+//! read what is buffered, then panic with a message that says why.
+//!
+//! # Locks and wake-ups
+//!
+//! There are two locks: the state lock here, and the lock of the
+//! [`UpstreamSignal`], which may be taken while the state lock is held but
+//! never the other way round. Wakers are registered under these locks, but
+//! they are woken, and the wakers or items they replace dropped, only after
+//! both are released, because waking a waker or dropping an item runs
+//! foreign code that may poll or drop a branch of this fanout.
+//!
+//! A branch that waits registers its waker under the same lock under which
+//! it saw the reason to wait, and whoever removes that reason (frees room,
+//! pushes an item, ends or wakes the upstream) takes the registered wakers
+//! under that lock as well, so no wake-up falls between the two.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use futures_core::Stream;
+
+use crate::sync::{lock, Mutex, MutexGuard};
+use crate::upstream_signal::UpstreamSignal;
+use crate::waiters::{Waiters, Wakeups};
+
+/// A stream's `size_hint`: lower and upper bounds on the items it has left.
+type SizeHint = (usize, Option<usize>);
+
+/// The state that all branches of one fanout share.
+pub(crate) struct Shared<S: Stream> {
+    /// The most items the buffer may hold. At least 1.
+    capacity: usize,
+    state: Mutex<State<S>>,
+    /// Branches waiting for the upstream; the upstream's waker wakes them.
+    signal: std::sync::Arc<UpstreamSignal>,
+    /// The waker the upstream is always polled with; it wakes `signal`.
+    upstream_waker: Waker,
+}
+
+struct State<S: Stream> {
+    /// The buffered items, oldest first. Invariants: `slots.len() <=
+    /// capacity`; every slot has `unread_by >= 1`; `unread_by` never
+    /// decreases from front to back.
+    slots: VecDeque<Slot<S::Item>>,
+    /// The position of `slots[0]`: every live branch is at `head` or later,
+    /// and at `head + slots.len()` at the latest.
+    head: u64,
+    /// The number of live branches; the readers a newly pushed item waits for.
+    branches: usize,
+    /// The id the next branch created by cloning gets. Ids are never reused.
+    next_id: usize,
+    upstream: Upstream<S>,
+    /// The upstream's `size_hint` after its latest poll.
+    upstream_hint: SizeHint,
+    /// Branches at the end of a full buffer. Woken whenever a slot is freed.
+    waiting_for_room: Waiters,
+}
+
+/// One buffered item.
+struct Slot<T> {
+    item: T,
+    /// The live branches that have not read this item yet: those at its
+    /// position or before.
+    unread_by: usize,
+}
+
+/// Where the upstream stream is.
+enum Upstream<S> {
+    /// In the state, ready to be polled by the next branch that needs an item.
+    Idle(Pin<Box<S>>),
+    /// Taken out by the branch that is polling it now.
+    Polling,
+    /// It returned `None`, and has been dropped.
+    Done,
+    /// Its `poll_next` panicked, and it has been dropped.
+    Panicked,
+}
+
+impl<S: Stream> Shared<S> {
+    /// Wraps `upstream` for `branches` branches with ids `0..branches`.
+    /// Polls nothing.
+    pub(crate) fn new(upstream: S, branches: usize, capacity: usize) -> Self {
+        let (signal, upstream_waker) = UpstreamSignal::new();
+        let upstream_hint = upstream.size_hint();
+        Self {
+            capacity,
+            state: Mutex::new(State {
+                slots: VecDeque::new(),
+                head: 0,
+                branches,
+                next_id: branches,
+                upstream: Upstream::Idle(Box::pin(upstream)),
+                upstream_hint,
+                waiting_for_room: Waiters::default(),
+            }),
+            signal,
+            upstream_waker,
+        }
+    }
+
+    /// The capacity the fanout was built with.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, State<S>> {
+        lock(&self.state)
+    }
+
+    /// Registers a new branch at `position`, the position of an existing live
+    /// branch, and returns its id.
+    pub(crate) fn fork(&self, position: u64) -> usize {
+        let mut state = self.lock_state();
+        state.branches += 1;
+        let first_unread = state.index_of(position);
+        for slot in state.slots.range_mut(first_unread..) {
+            slot.unread_by += 1;
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        id
+    }
+
+    /// Unregisters branch `id` at `position`: its unread slots are released
+    /// and the branches waiting for the room this frees are woken.
+    pub(crate) fn release(&self, id: usize, position: u64) {
+        let mut state = self.lock_state();
+        state.branches -= 1;
+        let first_unread = state.index_of(position);
+        for slot in state.slots.range_mut(first_unread..) {
+            slot.unread_by -= 1;
+        }
+        let mut freed = Vec::new();
+        while state.slots.front().is_some_and(|slot| slot.unread_by == 0) {
+            freed.extend(state.pop_front());
+        }
+        let wakeups = if freed.is_empty() {
+            Wakeups::default()
+        } else {
+            state.waiting_for_room.take_all()
+        };
+        let replaced = (state.waiting_for_room.remove(id), self.signal.remove(id));
+        drop(state);
+        drop(replaced);
+        drop(freed);
+        wakeups.wake();
+    }
+
+    /// The number of buffered items at `position` or later.
+    pub(crate) fn lag(&self, position: u64) -> usize {
+        self.lock_state().buffered_from(position)
+    }
+
+    /// The bounds on the items a branch at `position` has still to yield.
+    pub(crate) fn size_hint(&self, position: u64) -> SizeHint {
+        let state = self.lock_state();
+        let buffered = state.buffered_from(position);
+        let (lower, upper) = match state.upstream {
+            Upstream::Done | Upstream::Panicked => (0, Some(0)),
+            Upstream::Idle(_) | Upstream::Polling => state.upstream_hint,
+        };
+        (
+            lower.saturating_add(buffered),
+            upper.and_then(|upper| upper.checked_add(buffered)),
+        )
+    }
+}
+
+impl<S> Shared<S>
+where
+    S: Stream,
+    S::Item: Clone,
+{
+    /// Polls for the item at `*position` on behalf of branch `id`, and moves
+    /// `*position` past it when it is yielded.
+    pub(crate) fn poll_next(
+        &self,
+        id: usize,
+        position: &mut u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<S::Item>> {
+        let mut state = self.lock_state();
+        if let Some((item, wakeups)) = state.read(*position) {
+            drop(state);
+            *position += 1;
+            wakeups.wake();
+            return Poll::Ready(Some(item));
+        }
+        let replaced = match state.upstream {
+            Upstream::Done => return Poll::Ready(None),
+            Upstream::Panicked => {
+                drop(state);
+                panic!("fanout: the upstream stream panicked while another branch polled it; every item it yielded before has been delivered to this branch");
+            }
+            Upstream::Polling => self.signal.park(id, cx.waker()),
+            Upstream::Idle(_) if state.slots.len() >= self.capacity => {
+                state.waiting_for_room.register(id, cx.waker())
+            }
+            Upstream::Idle(_) => {
+                let upstream = state.take_upstream();
+                self.signal.start_poll();
+                drop(state);
+                return self.poll_upstream(id, position, upstream, cx);
+            }
+        };
+        drop(state);
+        drop(replaced);
+        Poll::Pending
+    }
+
+    /// Polls the upstream, which this branch has taken out of the state, and
+    /// puts it back (or records its end) with what it yielded.
+    fn poll_upstream(
+        &self,
+        id: usize,
+        position: &mut u64,
+        upstream: Pin<Box<S>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<S::Item>> {
+        let mut poll = UpstreamPoll {
+            shared: self,
+            upstream: Some(upstream),
+        };
+        let (polled, hint) = poll.poll(&self.upstream_waker);
+        let upstream = poll.finish();
+
+        let mut state = self.lock_state();
+        state.upstream_hint = hint;
+        match polled {
+            Poll::Ready(Some(item)) => {
+                state.upstream = Upstream::Idle(upstream);
+                let unread_by = state.branches;
+                state.slots.push_back(Slot { item, unread_by });
+                let (item, mut wakeups) = state
+                    .read(*position)
+                    .expect("the poller reads the item it just pushed");
+                wakeups.append(self.signal.take_all());
+                drop(state);
+                *position += 1;
+                wakeups.wake();
+                Poll::Ready(Some(item))
+            }
+            Poll::Ready(None) => {
+                state.upstream = Upstream::Done;
+                let wakeups = self.signal.take_all();
+                drop(state);
+                drop(upstream);
+                wakeups.wake();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                state.upstream = Upstream::Idle(upstream);
+                let (replaced, wakeups) = self.signal.park_after_pending(id, cx.waker());
+                drop(state);
+                drop(replaced);
+                wakeups.wake();
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<S: Stream> State<S> {
+    /// The index in `slots` of `position`, which is a live branch's.
+    fn index_of(&self, position: u64) -> usize {
+        usize::try_from(position - self.head)
+            .expect("a branch is at most `capacity` items past head")
+    }
+
+    /// The number of buffered items at `position` or later.
+    fn buffered_from(&self, position: u64) -> usize {
+        self.slots.len() - self.index_of(position)
+    }
+
+    /// Takes the idle upstream out of the state for a poll.
+    fn take_upstream(&mut self) -> Pin<Box<S>> {
+        match std::mem::replace(&mut self.upstream, Upstream::Polling) {
+            Upstream::Idle(upstream) => upstream,
+            _ => unreachable!("only an idle upstream is taken for a poll"),
+        }
+    }
+
+    /// Pops the oldest slot, returning its item.
+    fn pop_front(&mut self) -> Option<S::Item> {
+        let slot = self.slots.pop_front()?;
+        self.head += 1;
+        Some(slot.item)
+    }
+}
+
+impl<S> State<S>
+where
+    S: Stream,
+    S::Item: Clone,
+{
+    /// Reads the item at `position` for one branch, if it is buffered: a
+    /// clone, or the item itself for its last reader. Returns the branches
+    /// to wake because reading it freed room.
+    fn read(&mut self, position: u64) -> Option<(S::Item, Wakeups)> {
+        let index = self.index_of(position);
+        let slot = self.slots.get_mut(index)?;
+        if slot.unread_by > 1 {
+            // Cloned before anything changes, so a panicking `Clone` leaves
+            // the state as it was.
+            let item = slot.item.clone();
+            slot.unread_by -= 1;
+            return Some((item, Wakeups::default()));
+        }
+        debug_assert_eq!(index, 0, "only the oldest slot can have one reader left");
+        let item = self.pop_front()?;
+        Some((item, self.waiting_for_room.take_all()))
+    }
+}
+
+/// The upstream while one branch polls it. If its `poll_next` panics, the
+/// drop of this guard marks the upstream as panicked, wakes every waiting
+/// branch, so that none of them waits for a poll that will never end, and
+/// drops the upstream.
+struct UpstreamPoll<'a, S: Stream> {
+    shared: &'a Shared<S>,
+    /// `Some` until the poll returns normally.
+    upstream: Option<Pin<Box<S>>>,
+}
+
+impl<S: Stream> UpstreamPoll<'_, S> {
+    fn poll(&mut self, waker: &Waker) -> (Poll<Option<S::Item>>, SizeHint) {
+        let upstream = self.upstream.as_mut().expect("polled once");
+        let polled = upstream.as_mut().poll_next(&mut Context::from_waker(waker));
+        (polled, upstream.size_hint())
+    }
+
+    fn finish(mut self) -> Pin<Box<S>> {
+        self.upstream.take().expect("finished once")
+    }
+}
+
+impl<S: Stream> Drop for UpstreamPoll<'_, S> {
+    fn drop(&mut self) {
+        let Some(upstream) = self.upstream.take() else {
+            return;
+        };
+        let mut state = self.shared.lock_state();
+        state.upstream = Upstream::Panicked;
+        let mut wakeups = state.waiting_for_room.take_all();
+        wakeups.append(self.shared.signal.take_all());
+        drop(state);
+        wakeups.wake();
+        drop(upstream);
+    }
+}

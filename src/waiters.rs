@@ -1,0 +1,73 @@
+//! A list of parked branches: at most one waker per branch, the newest one.
+//!
+//! The list never wakes or drops a waker itself. Every method that lets go
+//! of wakers hands them back to the caller, who holds a lock at the time
+//! and must wake or drop them only after the lock is released: waking or
+//! dropping a waker runs foreign code, which may poll or drop a branch of
+//! the same fanout and so take the same lock again.
+
+use std::task::Waker;
+
+/// Wakers of the branches that wait for one kind of event, keyed by branch id.
+///
+/// Invariant: each branch id appears at most once, so the list holds at most
+/// one waker per live branch however often a branch is polled while it waits.
+#[derive(Debug, Default)]
+pub(crate) struct Waiters {
+    entries: Vec<(usize, Waker)>,
+}
+
+impl Waiters {
+    /// Records `waker` as the one to wake for branch `id`.
+    ///
+    /// Returns the waker it replaces, if that one would not wake the same
+    /// task, so that the caller drops it outside the lock.
+    pub(crate) fn register(&mut self, id: usize, waker: &Waker) -> Option<Waker> {
+        match self
+            .entries
+            .iter_mut()
+            .find(|(entry_id, _)| *entry_id == id)
+        {
+            Some((_, registered)) if registered.will_wake(waker) => None,
+            Some((_, registered)) => Some(std::mem::replace(registered, waker.clone())),
+            None => {
+                self.entries.push((id, waker.clone()));
+                None
+            }
+        }
+    }
+
+    /// Forgets branch `id`, returning its waker so that the caller drops it
+    /// outside the lock.
+    pub(crate) fn remove(&mut self, id: usize) -> Option<Waker> {
+        let index = self
+            .entries
+            .iter()
+            .position(|(entry_id, _)| *entry_id == id)?;
+        Some(self.entries.swap_remove(index).1)
+    }
+
+    /// Takes every waker out of the list, for the caller to wake outside the lock.
+    pub(crate) fn take_all(&mut self) -> Wakeups {
+        Wakeups(std::mem::take(&mut self.entries))
+    }
+}
+
+/// Wakers taken out of a [`Waiters`] list, to be woken once no lock is held.
+#[must_use = "taken wakers must be woken, or their branches never run again"]
+#[derive(Debug, Default)]
+pub(crate) struct Wakeups(Vec<(usize, Waker)>);
+
+impl Wakeups {
+    /// Adds the wakers of `more` to these.
+    pub(crate) fn append(&mut self, mut more: Wakeups) {
+        self.0.append(&mut more.0);
+    }
+
+    /// Wakes every task. Call with no lock held.
+    pub(crate) fn wake(self) {
+        for (_, waker) in self.0 {
+            waker.wake();
+        }
+    }
+}
