@@ -119,3 +119,8 @@ mod waiters;
 
 pub use branch::Branch;
 pub use stream_ext::{fanout, StreamExt};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
