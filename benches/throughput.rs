@@ -30,6 +30,9 @@ impl Scenario {
     }
 }
 
+/// Runs one scenario to the end, returning each consumer's sum.
+type Implementation = fn(Scenario) -> Vec<u64>;
+
 fn upstream() -> impl Stream<Item = u64> {
     stream::iter(0..ITEMS)
 }
@@ -68,7 +71,7 @@ fn through_baseline_n(scenario: Scenario) -> Vec<u64> {
 }
 
 fn split_throughput(c: &mut Criterion) {
-    let implementations: [(&str, fn(Scenario) -> Vec<u64>); 3] = [
+    let implementations: [(&str, Implementation); 3] = [
         ("fanout", through_fanout),
         ("async-broadcast", through_async_broadcast),
         ("baseline_n", through_baseline_n),

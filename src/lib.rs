@@ -62,6 +62,11 @@
 //! - **A panic in the upstream** propagates to the branch that polled it.
 //!   The other branches still get every buffered item, then panic with a
 //!   message that says the upstream panicked; none of them hangs.
+//! - **Cloning items.** An item is cloned while the fanout's internal lock
+//!   is held, so its `Clone` must not poll, clone or drop a branch of the
+//!   same fanout (that would deadlock), and should be cheap: wrap costly
+//!   items in an `Arc`. A `Clone` that panics propagates to the branch that
+//!   asked for the item and leaves the fanout as it was.
 //! - **Cancel safety.** A branch's `next()` future can be dropped without
 //!   losing an item: an item leaves the buffer only when it is returned.
 //!

@@ -42,7 +42,11 @@
 //! never the other way round. Wakers are registered under these locks, but
 //! they are woken, and the wakers or items they replace dropped, only after
 //! both are released, because waking a waker or dropping an item runs
-//! foreign code that may poll or drop a branch of this fanout.
+//! foreign code that may poll or drop a branch of this fanout. The state
+//! lock is held through [`Locked`], which collects the wakers that are due
+//! and wakes them when it releases the lock, also when a panic (in an item's
+//! `Clone`, say) unwinds through it: a waker taken out of a list is always
+//! woken.
 //!
 //! A branch that waits registers its waker under the same lock under which
 //! it saw the reason to wait, and whoever removes that reason (frees room,
@@ -50,13 +54,14 @@
 //! under that lock as well, so no wake-up falls between the two.
 
 use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use futures_core::Stream;
 
 use crate::sync::{lock, Mutex, MutexGuard};
-use crate::upstream_signal::UpstreamSignal;
+use crate::upstream_signal::{AfterPending, UpstreamSignal};
 use crate::waiters::{Waiters, Wakeups};
 
 /// A stream's `size_hint`: lower and upper bounds on the items it has left.
@@ -90,6 +95,9 @@ struct State<S: Stream> {
     upstream_hint: SizeHint,
     /// Branches at the end of a full buffer. Woken whenever a slot is freed.
     waiting_for_room: Waiters,
+    /// Wakers taken out of a list under this lock, to be woken when it is
+    /// released. Empty whenever the lock is free (see [`Locked`]).
+    due: Wakeups,
 }
 
 /// One buffered item.
@@ -128,6 +136,7 @@ impl<S: Stream> Shared<S> {
                 upstream: Upstream::Idle(Box::pin(upstream)),
                 upstream_hint,
                 waiting_for_room: Waiters::default(),
+                due: Wakeups::default(),
             }),
             signal,
             upstream_waker,
@@ -139,21 +148,21 @@ impl<S: Stream> Shared<S> {
         self.capacity
     }
 
-    fn lock_state(&self) -> MutexGuard<'_, State<S>> {
-        lock(&self.state)
+    fn lock_state(&self) -> Locked<'_, S> {
+        Locked(Some(lock(&self.state)))
     }
 
     /// Registers a new branch at `position`, the position of an existing live
     /// branch, and returns its id.
     pub(crate) fn fork(&self, position: u64) -> usize {
         let mut state = self.lock_state();
+        let id = state.next_id;
+        state.next_id = id.checked_add(1).expect("fanout: too many branches");
         state.branches += 1;
         let first_unread = state.index_of(position);
         for slot in state.slots.range_mut(first_unread..) {
             slot.unread_by += 1;
         }
-        let id = state.next_id;
-        state.next_id += 1;
         id
     }
 
@@ -170,16 +179,10 @@ impl<S: Stream> Shared<S> {
         while state.slots.front().is_some_and(|slot| slot.unread_by == 0) {
             freed.extend(state.pop_front());
         }
-        let wakeups = if freed.is_empty() {
-            Wakeups::default()
-        } else {
-            state.waiting_for_room.take_all()
-        };
         let replaced = (state.waiting_for_room.remove(id), self.signal.remove(id));
         drop(state);
         drop(replaced);
         drop(freed);
-        wakeups.wake();
     }
 
     /// The number of buffered items at `position` or later.
@@ -216,10 +219,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<S::Item>> {
         let mut state = self.lock_state();
-        if let Some((item, wakeups)) = state.read(*position) {
-            drop(state);
+        if let Some(item) = state.read(*position) {
             *position += 1;
-            wakeups.wake();
+            drop(state);
             return Poll::Ready(Some(item));
         }
         let replaced = match state.upstream {
@@ -265,31 +267,36 @@ where
         match polled {
             Poll::Ready(Some(item)) => {
                 state.upstream = Upstream::Idle(upstream);
+                state.due.append(self.signal.take_all());
                 let unread_by = state.branches;
                 state.slots.push_back(Slot { item, unread_by });
-                let (item, mut wakeups) = state
+                let item = state
                     .read(*position)
                     .expect("the poller reads the item it just pushed");
-                wakeups.append(self.signal.take_all());
-                drop(state);
                 *position += 1;
-                wakeups.wake();
+                drop(state);
                 Poll::Ready(Some(item))
             }
             Poll::Ready(None) => {
                 state.upstream = Upstream::Done;
-                let wakeups = self.signal.take_all();
+                state.due.append(self.signal.take_all());
                 drop(state);
                 drop(upstream);
-                wakeups.wake();
                 Poll::Ready(None)
             }
             Poll::Pending => {
                 state.upstream = Upstream::Idle(upstream);
-                let (replaced, wakeups) = self.signal.park_after_pending(id, cx.waker());
-                drop(state);
-                drop(replaced);
-                wakeups.wake();
+                match self.signal.park_after_pending(id, cx.waker()) {
+                    AfterPending::Parked(replaced) => {
+                        drop(state);
+                        drop(replaced);
+                    }
+                    AfterPending::WokenDuringPoll(parked) => {
+                        state.due.append(parked);
+                        drop(state);
+                        cx.waker().wake_by_ref();
+                    }
+                }
                 Poll::Pending
             }
         }
@@ -316,10 +323,13 @@ impl<S: Stream> State<S> {
         }
     }
 
-    /// Pops the oldest slot, returning its item.
+    /// Pops the oldest slot, returning its item. The branches waiting for
+    /// room are due to be woken.
     fn pop_front(&mut self) -> Option<S::Item> {
         let slot = self.slots.pop_front()?;
         self.head += 1;
+        let waiting = self.waiting_for_room.take_all();
+        self.due.append(waiting);
         Some(slot.item)
     }
 }
@@ -330,9 +340,8 @@ where
     S::Item: Clone,
 {
     /// Reads the item at `position` for one branch, if it is buffered: a
-    /// clone, or the item itself for its last reader. Returns the branches
-    /// to wake because reading it freed room.
-    fn read(&mut self, position: u64) -> Option<(S::Item, Wakeups)> {
+    /// clone, or the item itself for its last reader, which frees its slot.
+    fn read(&mut self, position: u64) -> Option<S::Item> {
         let index = self.index_of(position);
         let slot = self.slots.get_mut(index)?;
         if slot.unread_by > 1 {
@@ -340,11 +349,10 @@ where
             // the state as it was.
             let item = slot.item.clone();
             slot.unread_by -= 1;
-            return Some((item, Wakeups::default()));
+            return Some(item);
         }
         debug_assert_eq!(index, 0, "only the oldest slot can have one reader left");
-        let item = self.pop_front()?;
-        Some((item, self.waiting_for_room.take_all()))
+        self.pop_front()
     }
 }
 
@@ -377,10 +385,39 @@ impl<S: Stream> Drop for UpstreamPoll<'_, S> {
         };
         let mut state = self.shared.lock_state();
         state.upstream = Upstream::Panicked;
-        let mut wakeups = state.waiting_for_room.take_all();
-        wakeups.append(self.shared.signal.take_all());
+        let waiting = state.waiting_for_room.take_all();
+        state.due.append(waiting);
+        state.due.append(self.shared.signal.take_all());
         drop(state);
-        wakeups.wake();
         drop(upstream);
+    }
+}
+
+/// The state lock, held. Releasing it, by drop or by the unwinding of a
+/// panic, first unlocks and then wakes the wakers that became due under it.
+struct Locked<'a, S: Stream>(Option<MutexGuard<'a, State<S>>>);
+
+impl<S: Stream> Deref for Locked<'_, S> {
+    type Target = State<S>;
+
+    fn deref(&self) -> &State<S> {
+        self.0.as_ref().expect("the lock is held until dropped")
+    }
+}
+
+impl<S: Stream> DerefMut for Locked<'_, S> {
+    fn deref_mut(&mut self) -> &mut State<S> {
+        self.0.as_mut().expect("the lock is held until dropped")
+    }
+}
+
+impl<S: Stream> Drop for Locked<'_, S> {
+    fn drop(&mut self) {
+        let Some(mut state) = self.0.take() else {
+            return;
+        };
+        let due = std::mem::take(&mut state.due);
+        drop(state);
+        due.wake();
     }
 }

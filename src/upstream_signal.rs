@@ -57,23 +57,22 @@ impl UpstreamSignal {
         lock(&self.inner).woken = false;
     }
 
-    /// Parks the branch whose poll of the upstream returned `Pending`.
+    /// Parks the branch whose poll of the upstream returned `Pending`, unless
+    /// the upstream woke during that poll.
     ///
-    /// If the upstream woke during that poll, its wake-up may have found
-    /// some waiting branches already gone and others not yet parked; every
-    /// parked branch, this one included, is then returned to be woken, so
-    /// the next poll of the upstream happens without waiting for another
+    /// Such an early wake-up may have found some waiting branches already
+    /// gone and others not yet parked. Then this branch is not parked: every
+    /// parked branch is returned to be woken, and the caller wakes itself too,
+    /// so the next poll of the upstream happens without waiting for another
     /// wake-up. The poll is not retried here: an upstream that wakes itself
     /// and returns `Pending` (a cooperative yield) must not make us spin.
-    pub(crate) fn park_after_pending(&self, id: usize, waker: &Waker) -> (Option<Waker>, Wakeups) {
+    pub(crate) fn park_after_pending(&self, id: usize, waker: &Waker) -> AfterPending {
         let mut inner = lock(&self.inner);
-        let replaced = inner.waiting.register(id, waker);
-        let wakeups = if inner.woken {
-            inner.waiting.take_all()
+        if inner.woken {
+            AfterPending::WokenDuringPoll(inner.waiting.take_all())
         } else {
-            Wakeups::default()
-        };
-        (replaced, wakeups)
+            AfterPending::Parked(inner.waiting.register(id, waker))
+        }
     }
 
     /// Forgets branch `id`; returns its waker, to be dropped outside any lock.
@@ -85,6 +84,17 @@ impl UpstreamSignal {
     pub(crate) fn take_all(&self) -> Wakeups {
         lock(&self.inner).waiting.take_all()
     }
+}
+
+/// What became of a branch whose poll of the upstream returned `Pending`.
+#[derive(Debug)]
+pub(crate) enum AfterPending {
+    /// It waits for the upstream; holds the waker it replaced, to be dropped
+    /// outside any lock.
+    Parked(Option<Waker>),
+    /// The upstream woke during the poll: the branch is not parked, and must
+    /// wake itself and these parked branches.
+    WokenDuringPoll(Wakeups),
 }
 
 impl Wake for UpstreamSignal {

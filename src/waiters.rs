@@ -54,7 +54,10 @@ impl Waiters {
 }
 
 /// Wakers taken out of a [`Waiters`] list, to be woken once no lock is held.
-#[must_use = "taken wakers must be woken, or their branches never run again"]
+///
+/// Dropping it wakes every waker it still holds, so that wakers taken out of
+/// a list are woken even when a panic unwinds past them: a waker that is
+/// taken and never woken is a lost wake-up.
 #[derive(Debug, Default)]
 pub(crate) struct Wakeups(Vec<(usize, Waker)>);
 
@@ -66,7 +69,15 @@ impl Wakeups {
 
     /// Wakes every task. Call with no lock held.
     pub(crate) fn wake(self) {
-        for (_, waker) in self.0 {
+        drop(self);
+    }
+}
+
+impl Drop for Wakeups {
+    fn drop(&mut self) {
+        // One at a time, so that if a waker panics, the drop of `self` during
+        // the unwinding wakes the rest.
+        while let Some((_, waker)) = self.0.pop() {
             waker.wake();
         }
     }
