@@ -1,0 +1,403 @@
+//! One bounded buffer: a branch `cap` items ahead of the slowest waits, the
+//! upstream is never polled more than `cap` items past the slowest branch,
+//! waiting branches are woken when room is freed or the upstream wakes, and
+//! creating branches polls nothing.
+
+mod support;
+
+use std::task::{Context, Poll};
+
+use fanout::{Branch, StreamExt as _};
+use futures::channel::mpsc;
+use futures::stream::{self, FusedStream, Stream};
+use futures::task::noop_waker_ref;
+use futures::StreamExt;
+use tokio_test::task::spawn;
+use tokio_test::{assert_pending, assert_ready_eq};
+
+use support::{CountingPolls, PollCounts};
+
+/// Polls `stream` once with a waker that does nothing.
+fn poll_once<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
+    stream.poll_next_unpin(&mut Context::from_waker(noop_waker_ref()))
+}
+
+type Counted = CountingPolls<stream::Iter<std::ops::Range<u64>>>;
+
+/// Fans `0..len` out into `n` branches of capacity `cap`, counting polls.
+fn counted(len: u64, n: usize, cap: usize) -> (Vec<Branch<Counted>>, PollCounts) {
+    let (upstream, counts) = CountingPolls::new(stream::iter(0..len));
+    (upstream.fanout(n, cap), counts)
+}
+
+#[test]
+fn creating_branches_polls_nothing() {
+    for n in [1, 2, 3, 8] {
+        for cap in [1, 2, 64] {
+            let (branches, counts) = counted(10, n, cap);
+            assert_eq!(counts.polls(), 0);
+            // Neither do the accessors, forking, formatting, or dropping.
+            for branch in &branches {
+                assert_eq!(branch.lag(), 0);
+                assert_eq!(branch.capacity(), cap);
+                assert_eq!(branch.size_hint(), (10, Some(10)));
+                assert!(!branch.is_terminated());
+                let _ = format!("{branch:?}");
+            }
+            let fork = branches[0].clone();
+            drop(fork);
+            drop(branches);
+            assert_eq!(counts.polls(), 0);
+        }
+    }
+
+    let (upstream, counts) = CountingPolls::new(stream::iter(0..10u64));
+    let (a, b) = upstream.tee(3);
+    assert_eq!(counts.polls(), 0);
+    drop((a, b));
+
+    let (upstream, counts) = CountingPolls::new(stream::iter(0..10u64));
+    let branches = fanout::fanout(upstream, 4, 3);
+    assert_eq!(counts.polls(), 0);
+    drop(branches);
+    assert_eq!(counts.polls(), 0);
+}
+
+#[test]
+fn fast_branch_stops_exactly_cap_items_ahead_of_the_slow_one() {
+    const LEN: u64 = 10;
+    let (branches, counts) = counted(LEN, 2, 3);
+    let [mut fast, mut slow]: [_; 2] = branches.try_into().unwrap();
+
+    // The fast branch runs until it waits.
+    let mut read = Vec::new();
+    while let Poll::Ready(item) = poll_once(&mut fast) {
+        read.push(item.expect("the upstream has 10 items"));
+    }
+    assert_eq!(read, [0, 1, 2]);
+    assert_eq!(counts.yielded(), 3);
+    assert_eq!(counts.polls(), 3);
+    assert_eq!(slow.lag(), 3);
+    assert_eq!(fast.lag(), 0);
+
+    // Polling again changes nothing: the upstream is left alone.
+    for _ in 0..5 {
+        assert_eq!(poll_once(&mut fast), Poll::Pending);
+    }
+    assert_eq!(counts.polls(), 3);
+
+    // Each item the slow branch reads lets the fast one read exactly one more.
+    for next in 3..LEN {
+        assert_eq!(poll_once(&mut slow), Poll::Ready(Some(next - 3)));
+        assert_eq!(
+            counts.polls(),
+            next as usize,
+            "the slow branch read a buffered item"
+        );
+        assert_eq!(slow.lag(), 2);
+
+        assert_eq!(poll_once(&mut fast), Poll::Ready(Some(next)));
+        assert_eq!(counts.yielded(), next as usize + 1);
+        assert_eq!(poll_once(&mut fast), Poll::Pending);
+        assert_eq!(counts.polls(), next as usize + 1);
+        assert_eq!(slow.lag(), 3);
+        assert_eq!(fast.lag(), 0);
+    }
+
+    // Even the end is not looked for while the buffer is full.
+    assert_eq!(poll_once(&mut fast), Poll::Pending);
+    assert_eq!(counts.polls(), LEN as usize);
+    assert_eq!(poll_once(&mut slow), Poll::Ready(Some(LEN - 3)));
+    assert_eq!(poll_once(&mut fast), Poll::Ready(None));
+    assert_eq!(counts.polls(), LEN as usize + 1);
+
+    // The slow branch gets the rest from the buffer.
+    assert_eq!(poll_once(&mut slow), Poll::Ready(Some(LEN - 2)));
+    assert_eq!(poll_once(&mut slow), Poll::Ready(Some(LEN - 1)));
+    assert_eq!(poll_once(&mut slow), Poll::Ready(None));
+    assert_eq!(counts.polls(), LEN as usize + 1);
+}
+
+#[test]
+fn slowest_branch_reads_without_waiting_then_is_held_back_in_turn() {
+    let (branches, counts) = counted(20, 3, 2);
+    let [mut a, mut b, mut c]: [_; 3] = branches.try_into().unwrap();
+    assert_eq!(poll_once(&mut a), Poll::Ready(Some(0)));
+    assert_eq!(poll_once(&mut a), Poll::Ready(Some(1)));
+    assert_eq!(poll_once(&mut a), Poll::Pending);
+    assert_eq!(poll_once(&mut b), Poll::Ready(Some(0)));
+    assert_eq!(poll_once(&mut b), Poll::Ready(Some(1)));
+    assert_eq!(poll_once(&mut b), Poll::Pending);
+    assert_eq!(counts.polls(), 2);
+
+    // `c`, the slowest, reads the buffered items without polling upstream.
+    assert_eq!(poll_once(&mut c), Poll::Ready(Some(0)));
+    assert_eq!(poll_once(&mut c), Poll::Ready(Some(1)));
+    assert_eq!(counts.polls(), 2);
+    // Then it pulls new items until it is `cap` ahead of `a` and `b`.
+    assert_eq!(poll_once(&mut c), Poll::Ready(Some(2)));
+    assert_eq!(poll_once(&mut c), Poll::Ready(Some(3)));
+    assert_eq!(poll_once(&mut c), Poll::Pending);
+    assert_eq!(counts.polls(), 4);
+    assert_eq!((a.lag(), b.lag(), c.lag()), (2, 2, 0));
+
+    // `a` reading both frees nothing while `b` still holds them.
+    assert_eq!(poll_once(&mut a), Poll::Ready(Some(2)));
+    assert_eq!(poll_once(&mut a), Poll::Ready(Some(3)));
+    assert_eq!(poll_once(&mut c), Poll::Pending);
+    assert_eq!(poll_once(&mut b), Poll::Ready(Some(2)));
+    assert_eq!(poll_once(&mut c), Poll::Ready(Some(4)));
+    assert_eq!(poll_once(&mut c), Poll::Pending);
+    assert_eq!(counts.polls(), 5);
+}
+
+#[test]
+fn middle_branch_reading_does_not_free_room() {
+    let (branches, counts) = counted(10, 3, 2);
+    let [mut fast, mut middle, mut slow]: [_; 3] = branches.try_into().unwrap();
+    assert_eq!(poll_once(&mut fast), Poll::Ready(Some(0)));
+    assert_eq!(poll_once(&mut fast), Poll::Ready(Some(1)));
+    assert_eq!(poll_once(&mut fast), Poll::Pending);
+
+    // The middle branch reads both buffered items; the slow one still holds
+    // them, so the buffer is still full.
+    assert_eq!(poll_once(&mut middle), Poll::Ready(Some(0)));
+    assert_eq!(poll_once(&mut middle), Poll::Ready(Some(1)));
+    assert_eq!(poll_once(&mut fast), Poll::Pending);
+    assert_eq!(poll_once(&mut middle), Poll::Pending);
+    assert_eq!(counts.polls(), 2);
+    assert_eq!(slow.lag(), 2);
+    assert_eq!(middle.lag(), 0);
+
+    assert_eq!(poll_once(&mut slow), Poll::Ready(Some(0)));
+    assert_eq!(poll_once(&mut middle), Poll::Ready(Some(2)));
+    assert_eq!(poll_once(&mut fast), Poll::Ready(Some(2)));
+    assert_eq!(poll_once(&mut fast), Poll::Pending);
+    assert_eq!(counts.polls(), 3);
+}
+
+/// A small deterministic pseudo-random generator (64-bit LCG).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, bound: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 33) % bound as u64) as usize
+    }
+}
+
+#[test]
+fn exact_bound_under_an_arbitrary_polling_schedule() {
+    const LEN: u64 = 200;
+    for n in [1, 2, 3, 5] {
+        for cap in [1, 2, 3, 8] {
+            for seed in 0..4 {
+                let mut rng = Lcg(seed * 1_000 + n as u64 * 10 + cap as u64);
+                let (mut branches, counts) = counted(LEN, n, cap);
+                let mut read = vec![0u64; n];
+                let mut ended = vec![false; n];
+                let mut steps = 0;
+                while !ended.iter().all(|&ended| ended) {
+                    steps += 1;
+                    assert!(steps < 100_000, "no progress");
+                    // Skewed: branch 0 is polled far less often than the others.
+                    let i = if rng.below(4) == 0 { 0 } else { rng.below(n) };
+                    let slowest_before = *read.iter().min().unwrap();
+                    let polled = poll_once(&mut branches[i]);
+                    match polled {
+                        Poll::Ready(Some(item)) => {
+                            assert_eq!(item, read[i], "branch {i} out of order");
+                            read[i] += 1;
+                        }
+                        Poll::Ready(None) => {
+                            assert_eq!(read[i], LEN);
+                            ended[i] = true;
+                        }
+                        Poll::Pending => {
+                            // Only a branch exactly `cap` items ahead of the
+                            // slowest one waits (the upstream never does).
+                            assert_eq!(
+                                read[i] - slowest_before,
+                                cap as u64,
+                                "n = {n}, cap = {cap}: branch {i} waited without cause"
+                            );
+                        }
+                    }
+                    let slowest = *read.iter().min().unwrap();
+                    let yielded = counts.yielded() as u64;
+                    let fastest = *read.iter().max().unwrap();
+                    // Pulled on demand only, and never past the bound.
+                    assert_eq!(yielded, fastest, "n = {n}, cap = {cap}");
+                    assert!(
+                        yielded <= slowest + cap as u64,
+                        "n = {n}, cap = {cap}: upstream yielded {yielded}, slowest read {slowest}"
+                    );
+                    let end_polled = usize::from(ended.iter().any(|&ended| ended));
+                    assert_eq!(counts.polls(), yielded as usize + end_polled);
+                    for (j, branch) in branches.iter().enumerate() {
+                        assert_eq!(branch.lag() as u64, yielded - read[j], "lag of branch {j}");
+                        assert!(branch.lag() <= cap);
+                    }
+                }
+                assert_eq!(counts.polls(), LEN as usize + 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn waiting_branch_is_woken_when_the_slowest_reads() {
+    let (branches, counts) = counted(10, 2, 2);
+    let [fast, slow]: [_; 2] = branches.try_into().unwrap();
+    let mut fast = spawn(fast);
+    let mut slow = spawn(slow);
+
+    assert_ready_eq!(fast.poll_next(), Some(0));
+    assert_ready_eq!(fast.poll_next(), Some(1));
+    assert_pending!(fast.poll_next());
+    assert!(!fast.is_woken());
+    assert_eq!(counts.polls(), 2);
+
+    assert_ready_eq!(slow.poll_next(), Some(0));
+    assert!(fast.is_woken(), "the slowest branch freed a slot");
+    assert_ready_eq!(fast.poll_next(), Some(2));
+    assert_pending!(fast.poll_next());
+    assert!(!fast.is_woken());
+
+    assert_ready_eq!(slow.poll_next(), Some(1));
+    assert!(fast.is_woken());
+    assert_ready_eq!(fast.poll_next(), Some(3));
+    assert_eq!(counts.polls(), 4);
+}
+
+#[test]
+fn every_waiting_branch_is_woken_when_room_is_freed() {
+    let (branches, _counts) = counted(10, 4, 1);
+    let mut branches: Vec<_> = branches.into_iter().map(spawn).collect();
+    let mut slow = branches.pop().unwrap();
+    for branch in &mut branches {
+        assert_ready_eq!(branch.poll_next(), Some(0));
+        assert_pending!(branch.poll_next());
+    }
+    assert_ready_eq!(slow.poll_next(), Some(0));
+    for (i, branch) in branches.iter_mut().enumerate() {
+        assert!(branch.is_woken(), "waiting branch {i} not woken");
+    }
+    // One of them pulls item 1; the others read it from the buffer.
+    for branch in &mut branches {
+        assert_ready_eq!(branch.poll_next(), Some(1));
+    }
+}
+
+#[test]
+fn waiting_next_future_is_woken_when_the_slowest_reads() {
+    let (branches, _counts) = counted(10, 2, 1);
+    let [mut fast, mut slow]: [_; 2] = branches.try_into().unwrap();
+    assert_eq!(poll_once(&mut fast), Poll::Ready(Some(0)));
+    {
+        let mut next = spawn(fast.next());
+        assert_pending!(next.poll());
+        assert_eq!(poll_once(&mut slow), Poll::Ready(Some(0)));
+        assert!(next.is_woken());
+        assert_ready_eq!(next.poll(), Some(1));
+    }
+    let mut next = spawn(slow.next());
+    assert_ready_eq!(next.poll(), Some(1));
+}
+
+#[test]
+fn branches_waiting_for_the_upstream_are_woken_when_it_yields() {
+    let (tx, rx) = mpsc::unbounded::<u32>();
+    let (a, b) = rx.tee(4);
+    let mut a = spawn(a);
+    let mut b = spawn(b);
+
+    assert_pending!(a.poll_next());
+    assert_pending!(b.poll_next());
+    assert!(!a.is_woken());
+    assert!(!b.is_woken());
+
+    tx.unbounded_send(7).unwrap();
+    assert!(a.is_woken());
+    assert!(b.is_woken());
+    assert_ready_eq!(b.poll_next(), Some(7));
+    assert_ready_eq!(a.poll_next(), Some(7));
+
+    assert_pending!(a.poll_next());
+    assert_pending!(b.poll_next());
+    drop(tx);
+    assert!(a.is_woken());
+    assert!(b.is_woken());
+    assert_ready_eq!(a.poll_next(), None);
+    assert_ready_eq!(b.poll_next(), None);
+}
+
+#[test]
+fn waiting_branch_does_not_depend_on_the_branch_that_polled_the_upstream() {
+    let (tx, rx) = mpsc::unbounded::<u32>();
+    let (poller, waiter) = rx.tee(4);
+    let mut poller = spawn(poller);
+    let mut waiter = spawn(waiter);
+
+    // `poller` polls last: an upstream that keeps only the latest waker
+    // would know only `poller`'s task.
+    assert_pending!(waiter.poll_next());
+    assert_pending!(poller.poll_next());
+    // The branch that polled the upstream last goes away.
+    drop(poller);
+    tx.unbounded_send(1).unwrap();
+    assert!(waiter.is_woken());
+    assert_ready_eq!(waiter.poll_next(), Some(1));
+
+    assert_pending!(waiter.poll_next());
+    drop(tx);
+    assert!(waiter.is_woken());
+    assert_ready_eq!(waiter.poll_next(), None);
+}
+
+#[test]
+fn branch_that_only_waits_is_woken_when_another_pulled_the_upstream() {
+    let (tx, rx) = mpsc::unbounded::<u32>();
+    let (a, b) = rx.tee(4);
+    let mut a = spawn(a);
+    let mut b = spawn(b);
+
+    // `a` polls the upstream and parks; `b` parks too.
+    assert_pending!(a.poll_next());
+    assert_pending!(b.poll_next());
+    tx.unbounded_send(1).unwrap();
+    tx.unbounded_send(2).unwrap();
+    // `a` pulls both; `b` must be able to read them without another wake-up
+    // from the channel.
+    assert!(a.is_woken());
+    assert_ready_eq!(a.poll_next(), Some(1));
+    assert_ready_eq!(a.poll_next(), Some(2));
+    assert!(b.is_woken());
+    assert_ready_eq!(b.poll_next(), Some(1));
+    assert_ready_eq!(b.poll_next(), Some(2));
+}
+
+#[test]
+fn waiting_for_room_under_a_pending_upstream() {
+    // A bounded buffer also bounds how far a fast branch drains a channel.
+    let (tx, rx) = mpsc::unbounded::<u32>();
+    let (upstream, counts) = CountingPolls::new(rx);
+    let [fast, slow]: [_; 2] = upstream.fanout(2, 2).try_into().unwrap();
+    let mut fast = spawn(fast);
+    let mut slow = spawn(slow);
+    for i in 0..10 {
+        tx.unbounded_send(i).unwrap();
+    }
+    assert_ready_eq!(fast.poll_next(), Some(0));
+    assert_ready_eq!(fast.poll_next(), Some(1));
+    assert_pending!(fast.poll_next());
+    assert_eq!(counts.yielded(), 2);
+    assert_eq!(counts.polls(), 2);
+    assert_ready_eq!(slow.poll_next(), Some(0));
+    assert!(fast.is_woken());
+    assert_ready_eq!(fast.poll_next(), Some(2));
+    assert_eq!(counts.yielded(), 3);
+}

@@ -1,0 +1,946 @@
+//! No lost wake-ups: every branch that returned `Pending` is woken once it can
+//! make progress, whichever branch polled the upstream last and whatever
+//! became of it, and it is its newest waker that is woken.
+//!
+//! The tests drive the branches by hand with `tokio_test` mock tasks, whose
+//! `is_woken` tells whether the waker of their latest poll has been woken.
+//! The upstreams are channels, or "gated" streams whose `poll_next` blocks
+//! until the test tells it what to do, so that a branch can be polled on the
+//! test thread while another branch is inside the upstream's `poll_next` on a
+//! second thread.
+
+mod support;
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread;
+use std::time::Duration;
+
+use fanout::{Branch, StreamExt as _};
+use futures::channel::mpsc;
+use futures::{stream, Stream, StreamExt};
+use tokio_test::assert_pending;
+use tokio_test::task::{spawn, Spawn};
+
+use support::Tracker;
+
+/// Generous bound on how long a test waits for another thread: a hang guard
+/// only, never reached when the crate works.
+const HANG_GUARD: Duration = Duration::from_secs(30);
+
+/// Polls `stream` once from `task`, whose waker records the wake-ups.
+fn poll<S: Stream + Unpin>(task: &mut Spawn<()>, stream: &mut S) -> Poll<Option<S::Item>> {
+    task.enter(|cx, _| Pin::new(stream).poll_next(cx))
+}
+
+fn channel_fanout(
+    n: usize,
+    cap: usize,
+) -> (
+    mpsc::UnboundedSender<u32>,
+    Vec<Branch<mpsc::UnboundedReceiver<u32>>>,
+) {
+    let (tx, rx) = mpsc::unbounded();
+    (tx, rx.fanout(n, cap))
+}
+
+fn two<T>(v: Vec<T>) -> [T; 2] {
+    v.try_into().ok().expect("two branches")
+}
+
+fn three<T>(v: Vec<T>) -> [T; 3] {
+    v.try_into().ok().expect("three branches")
+}
+
+// ---------------------------------------------------------------------------
+// The branch that polled the upstream last is dropped, busy, or cancelled.
+// ---------------------------------------------------------------------------
+
+/// (a) A polls the empty upstream, B waits on it too, A is dropped: the item
+/// that arrives later still wakes B.
+#[test]
+fn a_dropped_poller_does_not_strand_a_waiting_branch() {
+    let (tx, branches) = channel_fanout(2, 4);
+    let [mut a, mut b] = two(branches);
+    let (mut ta, mut tb) = (spawn(()), spawn(()));
+
+    assert_pending!(poll(&mut ta, &mut a));
+    assert_pending!(poll(&mut tb, &mut b));
+    drop(a);
+    assert!(!tb.is_woken(), "nothing happened yet");
+
+    tx.unbounded_send(1).unwrap();
+    assert!(
+        tb.is_woken(),
+        "the upstream woke, but the waiting branch was not woken"
+    );
+    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(1)));
+
+    // And again, now that B is the only branch.
+    assert_pending!(poll(&mut tb, &mut b));
+    tx.unbounded_send(2).unwrap();
+    assert!(tb.is_woken());
+    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(2)));
+}
+
+/// (a) with the other order: B polled first, then A, and A (the last
+/// poller) is dropped.
+#[test]
+fn dropping_the_last_poller_does_not_strand_the_first() {
+    let (tx, branches) = channel_fanout(3, 4);
+    let [mut a, mut b, mut c] = three(branches);
+    let (mut ta, mut tb) = (spawn(()), spawn(()));
+
+    assert_pending!(poll(&mut tb, &mut b));
+    assert_pending!(poll(&mut ta, &mut a));
+    drop(a);
+
+    tx.unbounded_send(10).unwrap();
+    assert!(
+        tb.is_woken(),
+        "the upstream woke, but the waiting branch was not woken"
+    );
+    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(10)));
+    // C never polled; it still gets the item.
+    let mut tc = spawn(());
+    assert_eq!(poll(&mut tc, &mut c), Poll::Ready(Some(10)));
+}
+
+/// (b) A polls the empty upstream, B waits on it too, A stays alive but is
+/// never polled again: B is woken and gets the item, and A gets it later.
+#[test]
+fn a_busy_poller_does_not_strand_a_waiting_branch() {
+    let (tx, branches) = channel_fanout(2, 4);
+    let [mut a, mut b] = two(branches);
+    let (mut ta, mut tb) = (spawn(()), spawn(()));
+
+    assert_pending!(poll(&mut ta, &mut a));
+    assert_pending!(poll(&mut tb, &mut b));
+
+    tx.unbounded_send(1).unwrap();
+    assert!(
+        tb.is_woken(),
+        "the upstream woke, but the waiting branch was not woken"
+    );
+    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(1)));
+
+    // B goes on alone while A is busy elsewhere: every item wakes it.
+    for item in 2..=4 {
+        assert_pending!(poll(&mut tb, &mut b));
+        tx.unbounded_send(item).unwrap();
+        assert!(tb.is_woken(), "item {item} did not wake B");
+        assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(item)));
+    }
+
+    // A returned `Pending` and its item has arrived: it must have been woken.
+    assert!(
+        ta.is_woken(),
+        "A waited for the upstream and was never woken"
+    );
+    for item in 1..=4 {
+        assert_eq!(poll(&mut ta, &mut a), Poll::Ready(Some(item)));
+    }
+    assert_pending!(poll(&mut ta, &mut a));
+}
+
+/// (c) A's `next()` future returns `Pending` and is dropped (cancelled): B,
+/// waiting on the upstream too, is woken by the item, and A loses nothing.
+#[test]
+fn a_cancelled_next_does_not_strand_a_waiting_branch_nor_lose_the_item() {
+    let (tx, branches) = channel_fanout(2, 4);
+    let [mut a, mut b] = two(branches);
+
+    let mut next_a = spawn(a.next());
+    assert_pending!(next_a.poll());
+    drop(next_a);
+
+    let mut tb = spawn(());
+    assert_pending!(poll(&mut tb, &mut b));
+    tx.unbounded_send(7).unwrap();
+    assert!(
+        tb.is_woken(),
+        "the upstream woke, but the waiting branch was not woken"
+    );
+    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(7)));
+
+    let mut next_a = spawn(a.next());
+    assert_eq!(next_a.poll(), Poll::Ready(Some(7)));
+}
+
+/// (c) The cancelled future was the waiting branch's own, and the branch is
+/// then polled from a new future: that one is woken.
+#[test]
+fn a_new_next_future_after_a_cancelled_one_is_woken() {
+    let (tx, branches) = channel_fanout(2, 4);
+    let [mut a, _b] = two(branches);
+
+    let mut first = spawn(a.next());
+    assert_pending!(first.poll());
+    drop(first);
+    let mut second = spawn(a.next());
+    assert_pending!(second.poll());
+
+    tx.unbounded_send(3).unwrap();
+    assert!(second.is_woken());
+    assert_eq!(second.poll(), Poll::Ready(Some(3)));
+}
+
+// ---------------------------------------------------------------------------
+// The end of the upstream.
+// ---------------------------------------------------------------------------
+
+/// (d) The channel is closed while branches wait: every waiting branch is
+/// woken, reads what is buffered for it, then gets `None`, and stays ended.
+#[test]
+fn closing_the_upstream_wakes_every_waiting_branch() {
+    let (tx, branches) = channel_fanout(3, 4);
+    let [mut a, mut b, mut c] = three(branches);
+    let (mut ta, mut tb, mut tc) = (spawn(()), spawn(()), spawn(()));
+
+    tx.unbounded_send(0).unwrap();
+    assert_eq!(poll(&mut ta, &mut a), Poll::Ready(Some(0)));
+    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(0)));
+    assert_pending!(poll(&mut ta, &mut a));
+    assert_pending!(poll(&mut tb, &mut b));
+    assert!(!ta.is_woken() && !tb.is_woken());
+
+    drop(tx);
+    assert!(
+        ta.is_woken(),
+        "A waits on the upstream and was not woken by its end"
+    );
+    assert!(
+        tb.is_woken(),
+        "B waits on the upstream and was not woken by its end"
+    );
+    assert_eq!(poll(&mut ta, &mut a), Poll::Ready(None));
+    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(None));
+    assert_eq!(poll(&mut tc, &mut c), Poll::Ready(Some(0)));
+    assert_eq!(poll(&mut tc, &mut c), Poll::Ready(None));
+    for (task, branch) in [(&mut ta, &mut a), (&mut tb, &mut b), (&mut tc, &mut c)] {
+        assert_eq!(poll(task, branch), Poll::Ready(None));
+    }
+}
+
+/// (d) Nothing buffered, every branch waiting when the channel closes.
+#[test]
+fn closing_an_empty_upstream_wakes_all_and_all_end() {
+    for n in 1..=4 {
+        let (tx, mut branches) = channel_fanout(n, 2);
+        let mut tasks: Vec<_> = (0..n).map(|_| spawn(())).collect();
+        for (task, branch) in tasks.iter_mut().zip(&mut branches) {
+            assert_pending!(poll(task, branch));
+        }
+        drop(tx);
+        for (i, (task, branch)) in tasks.iter_mut().zip(&mut branches).enumerate() {
+            assert!(
+                task.is_woken(),
+                "n = {n}: branch {i} was not woken by the end"
+            );
+            assert_eq!(poll(task, branch), Poll::Ready(None));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Waiting for room.
+// ---------------------------------------------------------------------------
+
+/// (e) A fast branch `cap` items ahead waits for room, and is woken when the
+/// slow one reads.
+#[test]
+fn a_branch_waiting_for_room_is_woken_when_the_slowest_reads() {
+    let [mut fast, mut slow] = two(stream::iter(0..10u32).fanout(2, 2));
+    let (mut tf, mut ts) = (spawn(()), spawn(()));
+
+    assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(0)));
+    assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(1)));
+    assert_pending!(poll(&mut tf, &mut fast));
+    assert!(!tf.is_woken());
+
+    for item in 0..8 {
+        assert_eq!(poll(&mut ts, &mut slow), Poll::Ready(Some(item)));
+        assert!(
+            tf.is_woken(),
+            "the slow branch read item {item} and freed room, but the fast one was not woken"
+        );
+        assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(item + 2)));
+        assert_pending!(poll(&mut tf, &mut fast));
+    }
+}
+
+/// (e) A fast branch waiting for room is woken when the slow one is dropped,
+/// and then runs to the end alone.
+#[test]
+fn a_branch_waiting_for_room_is_woken_when_the_slowest_is_dropped() {
+    let [mut fast, mut slow] = two(stream::iter(0..10u32).fanout(2, 3));
+    let (mut tf, mut ts) = (spawn(()), spawn(()));
+
+    assert_eq!(poll(&mut ts, &mut slow), Poll::Ready(Some(0)));
+    for item in 0..4 {
+        assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(item)));
+    }
+    assert_pending!(poll(&mut tf, &mut fast));
+    drop(slow);
+    assert!(
+        tf.is_woken(),
+        "the slow branch was dropped, but the fast one was not woken"
+    );
+    for item in 4..10 {
+        assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(item)));
+    }
+    assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(None));
+}
+
+/// (e) With two slow branches, room is freed when the second of them reads
+/// the oldest item: the waiting branch is woken then at the latest.
+#[test]
+fn room_freed_by_the_last_reader_of_the_oldest_item_wakes_the_waiter() {
+    let [mut fast, mut slow1, mut slow2] = three(stream::iter(0..10u32).fanout(3, 2));
+    let (mut tf, mut t1, mut t2) = (spawn(()), spawn(()), spawn(()));
+
+    assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(0)));
+    assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(1)));
+    assert_pending!(poll(&mut tf, &mut fast));
+
+    assert_eq!(poll(&mut t1, &mut slow1), Poll::Ready(Some(0)));
+    if tf.is_woken() {
+        // A spurious wake-up is allowed; the buffer is still full.
+        assert_pending!(poll(&mut tf, &mut fast));
+    }
+    assert_eq!(poll(&mut t2, &mut slow2), Poll::Ready(Some(0)));
+    assert!(
+        tf.is_woken(),
+        "the oldest item was read by everyone, but the waiter was not woken"
+    );
+    assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(2)));
+}
+
+/// (e) Dropping a slow branch that was the last holder of the oldest item
+/// wakes the waiter even when another slow branch remains.
+#[test]
+fn dropping_one_of_two_slow_branches_frees_room_when_the_other_read() {
+    let [mut fast, mut slow1, slow2] = three(stream::iter(0..10u32).fanout(3, 2));
+    let (mut tf, mut t1) = (spawn(()), spawn(()));
+
+    assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(0)));
+    assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(1)));
+    assert_eq!(poll(&mut t1, &mut slow1), Poll::Ready(Some(0)));
+    assert_pending!(poll(&mut tf, &mut fast));
+    drop(slow2);
+    assert!(
+        tf.is_woken(),
+        "dropping the last holder of the oldest item did not wake the waiter"
+    );
+    assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(2)));
+}
+
+/// (e) Room wait with a channel upstream: the fast branch waits for room,
+/// and the end of the upstream does not make it skip an item or end early;
+/// the slow branch's read wakes it.
+#[test]
+fn a_room_waiter_gets_its_items_in_order_once_the_slow_branch_reads() {
+    let (tx, branches) = channel_fanout(2, 1);
+    let [mut fast, mut slow] = two(branches);
+    let (mut tf, mut ts) = (spawn(()), spawn(()));
+
+    tx.unbounded_send(1).unwrap();
+    tx.unbounded_send(2).unwrap();
+    assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(1)));
+    assert_pending!(poll(&mut tf, &mut fast));
+    drop(tx);
+    if tf.is_woken() {
+        assert_pending!(poll(&mut tf, &mut fast), "the buffer is still full");
+    }
+    assert_eq!(poll(&mut ts, &mut slow), Poll::Ready(Some(1)));
+    assert!(tf.is_woken());
+    assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(2)));
+    // Whether the upstream has ended is not known before it is polled, and
+    // it is not polled while the buffer is full.
+    assert_pending!(poll(&mut tf, &mut fast));
+    assert_eq!(poll(&mut ts, &mut slow), Poll::Ready(Some(2)));
+    assert!(tf.is_woken());
+    assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(None));
+    assert_eq!(poll(&mut ts, &mut slow), Poll::Ready(None));
+}
+
+// ---------------------------------------------------------------------------
+// The newest waker is the one woken.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_newest_waker_is_woken_when_waiting_on_the_upstream() {
+    let (tx, branches) = channel_fanout(2, 4);
+    let [mut a, _other] = two(branches);
+    let (mut task_a, mut task_b) = (spawn(()), spawn(()));
+
+    assert_pending!(poll(&mut task_a, &mut a));
+    assert_pending!(poll(&mut task_b, &mut a));
+    tx.unbounded_send(5).unwrap();
+    assert!(task_b.is_woken(), "the branch's newest waker was not woken");
+    assert_eq!(poll(&mut task_b, &mut a), Poll::Ready(Some(5)));
+}
+
+#[test]
+fn the_newest_waker_is_woken_when_waiting_on_the_upstream_polled_by_another_branch() {
+    let (tx, branches) = channel_fanout(2, 4);
+    let [mut a, mut b] = two(branches);
+    let (mut task_a, mut task_b, mut tb) = (spawn(()), spawn(()), spawn(()));
+
+    // B polls the upstream last, A's wakers are only parked.
+    assert_pending!(poll(&mut task_a, &mut a));
+    assert_pending!(poll(&mut tb, &mut b));
+    assert_pending!(poll(&mut task_b, &mut a));
+    assert_pending!(poll(&mut tb, &mut b));
+    tx.unbounded_send(5).unwrap();
+    assert!(task_b.is_woken(), "the branch's newest waker was not woken");
+    assert!(tb.is_woken());
+    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(5)));
+    assert_eq!(poll(&mut task_b, &mut a), Poll::Ready(Some(5)));
+}
+
+#[test]
+fn the_newest_waker_is_woken_when_waiting_for_room() {
+    let [mut fast, mut slow] = two(stream::iter(0..10u32).fanout(2, 1));
+    let (mut task_a, mut task_b, mut ts) = (spawn(()), spawn(()), spawn(()));
+
+    assert_eq!(poll(&mut task_a, &mut fast), Poll::Ready(Some(0)));
+    assert_pending!(poll(&mut task_a, &mut fast));
+    assert_pending!(poll(&mut task_b, &mut fast));
+    assert_eq!(poll(&mut ts, &mut slow), Poll::Ready(Some(0)));
+    assert!(task_b.is_woken(), "the branch's newest waker was not woken");
+    assert_eq!(poll(&mut task_b, &mut fast), Poll::Ready(Some(1)));
+}
+
+/// Many re-polls with ever new tasks keep one waker per branch: the newest.
+#[test]
+fn repolling_with_many_tasks_wakes_the_last_one() {
+    let (tx, branches) = channel_fanout(1, 4);
+    let [mut a]: [_; 1] = branches.try_into().ok().unwrap();
+    let mut tasks: Vec<_> = (0..50).map(|_| spawn(())).collect();
+    for task in &mut tasks {
+        assert_pending!(poll(task, &mut a));
+    }
+    tx.unbounded_send(1).unwrap();
+    let last = tasks.last_mut().unwrap();
+    assert!(last.is_woken());
+    assert_eq!(poll(last, &mut a), Poll::Ready(Some(1)));
+}
+
+// ---------------------------------------------------------------------------
+// Clones wait with their own wakers.
+// ---------------------------------------------------------------------------
+
+/// A clone of a waiting branch, polled with its own task, is woken as well,
+/// also after the original is dropped.
+#[test]
+fn a_clone_of_a_waiting_branch_waits_with_its_own_waker() {
+    let (tx, branches) = channel_fanout(2, 4);
+    let [mut a, mut b] = two(branches);
+    let (mut ta, mut tb, mut tc) = (spawn(()), spawn(()), spawn(()));
+
+    assert_pending!(poll(&mut ta, &mut a));
+    assert_pending!(poll(&mut tb, &mut b));
+    let mut c = a.clone();
+    assert_pending!(poll(&mut tc, &mut c));
+    drop(a);
+
+    tx.unbounded_send(8).unwrap();
+    assert!(tb.is_woken());
+    assert!(tc.is_woken(), "the clone was not woken");
+    assert_eq!(poll(&mut tc, &mut c), Poll::Ready(Some(8)));
+    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(8)));
+
+    // The dropped original held nothing back: the two go on.
+    assert_pending!(poll(&mut tb, &mut b));
+    assert_pending!(poll(&mut tc, &mut c));
+    drop(tx);
+    assert!(tb.is_woken() && tc.is_woken());
+    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(None));
+    assert_eq!(poll(&mut tc, &mut c), Poll::Ready(None));
+}
+
+/// Dropping a clone must not forget the original's waker (each branch has
+/// its own registration).
+#[test]
+fn dropping_a_clone_keeps_the_originals_registration() {
+    let (tx, branches) = channel_fanout(1, 4);
+    let [mut a]: [_; 1] = branches.try_into().ok().unwrap();
+    let mut ta = spawn(());
+    let mut c = a.clone();
+    let mut tc = spawn(());
+    assert_pending!(poll(&mut tc, &mut c));
+    assert_pending!(poll(&mut ta, &mut a));
+    drop(c);
+    tx.unbounded_send(1).unwrap();
+    assert!(
+        ta.is_woken(),
+        "dropping the clone dropped the original's waker"
+    );
+    assert_eq!(poll(&mut ta, &mut a), Poll::Ready(Some(1)));
+}
+
+// ---------------------------------------------------------------------------
+// An upstream that wakes itself from inside `poll_next` (cooperative yield).
+// ---------------------------------------------------------------------------
+
+/// An upstream that, on the polls `yield_on` says, wakes its waker and
+/// returns `Pending` (as tokio's budget does), and otherwise yields the next
+/// number. It panics if polled more than `limit` times, as a hang guard.
+fn yielding_upstream(
+    yield_on: impl Fn(usize) -> bool + Send + 'static,
+    items: u32,
+) -> (impl Stream<Item = u32> + Send + Unpin, Arc<AtomicUsize>) {
+    let polls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&polls);
+    let mut next = 0;
+    let upstream = stream::poll_fn(move |cx: &mut Context<'_>| {
+        let poll = counter.fetch_add(1, Ordering::SeqCst);
+        assert!(poll < 10_000, "the upstream is polled in a loop");
+        if yield_on(poll) {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if next == items {
+            return Poll::Ready(None);
+        }
+        next += 1;
+        Poll::Ready(Some(next - 1))
+    });
+    (upstream, polls)
+}
+
+/// (f) One poll of the branch polls the upstream once, returns `Pending`, and
+/// the task is woken: no spinning.
+#[test]
+fn an_upstream_that_yields_cooperatively_does_not_make_poll_next_spin() {
+    // Yields on every poll but every fourth.
+    let (upstream, polls) = yielding_upstream(|poll| poll % 4 != 3, 5);
+    let [mut a]: [_; 1] = upstream.fanout(1, 2).try_into().ok().unwrap();
+    let mut ta = spawn(());
+
+    let mut got = Vec::new();
+    for round in 0.. {
+        let before = polls.load(Ordering::SeqCst);
+        let polled = poll(&mut ta, &mut a);
+        let after = polls.load(Ordering::SeqCst);
+        assert_eq!(
+            after - before,
+            1,
+            "round {round}: one branch poll must poll the upstream exactly once"
+        );
+        match polled {
+            Poll::Pending => assert!(
+                ta.is_woken(),
+                "round {round}: the upstream woke itself, the task must be woken"
+            ),
+            Poll::Ready(Some(item)) => got.push(item),
+            Poll::Ready(None) => break,
+        }
+    }
+    assert_eq!(got, [0, 1, 2, 3, 4]);
+}
+
+/// (f) An upstream that always yields: each poll returns `Pending` promptly.
+#[test]
+fn an_upstream_that_always_yields_never_blocks_a_poll() {
+    let (upstream, polls) = yielding_upstream(|_| true, 0);
+    let [mut a, mut b] = two(upstream.fanout(2, 2));
+    let (mut ta, mut tb) = (spawn(()), spawn(()));
+    for round in 1..=20 {
+        assert_pending!(poll(&mut ta, &mut a));
+        assert!(ta.is_woken());
+        assert_pending!(poll(&mut tb, &mut b));
+        assert!(tb.is_woken());
+        assert_eq!(polls.load(Ordering::SeqCst), 2 * round);
+    }
+}
+
+/// (f) The cooperative yield also wakes the other branches that wait on the
+/// upstream: the upstream has asked to be polled again, and the branch that
+/// polled it may not come back.
+#[test]
+fn a_cooperative_yield_wakes_the_branches_waiting_on_the_upstream() {
+    let stored: Arc<Mutex<Option<Waker>>> = Arc::default();
+    let store = Arc::clone(&stored);
+    let mut poll_no = 0;
+    // Polls 0 and 1: `Pending`, waker stored. Poll 2: cooperative yield.
+    // Poll 3: the item 10. Then the end.
+    let upstream = stream::poll_fn(move |cx: &mut Context<'_>| {
+        poll_no += 1;
+        match poll_no {
+            1 | 2 => {
+                *store.lock().unwrap() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            3 => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            4 => Poll::Ready(Some(10)),
+            _ => Poll::Ready(None),
+        }
+    });
+    let [mut a, mut b] = two(upstream.fanout(2, 2));
+    let (mut ta, mut tb) = (spawn(()), spawn(()));
+
+    assert_pending!(poll(&mut ta, &mut a));
+    assert_pending!(poll(&mut tb, &mut b));
+    stored.lock().unwrap().take().unwrap().wake();
+    assert!(ta.is_woken() && tb.is_woken());
+
+    // A polls, the upstream yields: A returns, and both are woken.
+    assert_pending!(poll(&mut ta, &mut a));
+    assert!(
+        ta.is_woken(),
+        "the yielding upstream asked to be polled again"
+    );
+    assert!(
+        tb.is_woken(),
+        "B waits on the upstream, which asked to be polled again"
+    );
+
+    // A is busy elsewhere now: B polls and gets the item, which wakes A.
+    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(10)));
+    assert_eq!(poll(&mut ta, &mut a), Poll::Ready(Some(10)));
+    assert_eq!(poll(&mut ta, &mut a), Poll::Ready(None));
+    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(None));
+}
+
+// ---------------------------------------------------------------------------
+// A branch that parks while another branch is inside the upstream's poll.
+// ---------------------------------------------------------------------------
+
+/// What the gated upstream does next inside its current `poll_next`.
+enum Step {
+    /// Wake the waker it is polled with, report it, and wait for more.
+    Wake,
+    /// Return this from `poll_next`.
+    Return(Poll<Option<u32>>),
+}
+
+/// The test's side of a gated upstream.
+struct Gate {
+    steps: std_mpsc::Sender<Step>,
+    /// One message when a `poll_next` starts, and one per `Step::Wake` done.
+    events: std_mpsc::Receiver<&'static str>,
+    /// The waker of the latest `poll_next`.
+    stored: Arc<Mutex<Option<Waker>>>,
+}
+
+impl Gate {
+    fn expect(&self, event: &str) {
+        let got = self
+            .events
+            .recv_timeout(HANG_GUARD)
+            .expect("the gated upstream did not report in time");
+        assert_eq!(got, event);
+    }
+
+    fn step(&self, step: Step) {
+        self.steps.send(step).expect("the gated upstream is gone");
+    }
+
+    fn no_more_events(&self) {
+        assert!(self.events.try_recv().is_err(), "unexpected upstream poll");
+    }
+}
+
+/// An upstream whose `poll_next` reports `"entered"`, then does what the
+/// test's steps tell it.
+fn gated() -> (impl Stream<Item = u32> + Send + Unpin, Gate) {
+    let (steps_tx, steps_rx) = std_mpsc::channel::<Step>();
+    let (events_tx, events_rx) = std_mpsc::channel();
+    let stored: Arc<Mutex<Option<Waker>>> = Arc::default();
+    let store = Arc::clone(&stored);
+    let upstream = stream::poll_fn(move |cx: &mut Context<'_>| {
+        *store.lock().unwrap() = Some(cx.waker().clone());
+        let _ = events_tx.send("entered");
+        loop {
+            match steps_rx
+                .recv_timeout(HANG_GUARD)
+                .expect("the test sent no step")
+            {
+                Step::Wake => {
+                    cx.waker().wake_by_ref();
+                    let _ = events_tx.send("woke");
+                }
+                Step::Return(poll) => return poll,
+            }
+        }
+    });
+    (
+        upstream,
+        Gate {
+            steps: steps_tx,
+            events: events_rx,
+            stored,
+        },
+    )
+}
+
+/// Polls `branch` on another thread (from a fresh task) while `during` runs
+/// on this one, and returns the other thread's poll result.
+fn poll_on_other_thread<S>(branch: &mut Branch<S>, during: impl FnOnce()) -> Poll<Option<S::Item>>
+where
+    S: Stream + Send,
+    S::Item: Clone + Send,
+{
+    thread::scope(|scope| {
+        let poller = scope.spawn(move || {
+            let mut task = spawn(());
+            poll(&mut task, branch)
+        });
+        during();
+        poller.join().expect("the polling thread panicked")
+    })
+}
+
+/// B polls while A is inside the upstream's `poll_next`; the item A gets
+/// wakes B, which reads it from the buffer without polling the upstream.
+#[test]
+fn a_branch_parked_during_another_branchs_poll_is_woken_by_the_item() {
+    let (upstream, gate) = gated();
+    let [mut a, mut b] = two(upstream.fanout(2, 4));
+    let mut tb = spawn(());
+
+    let polled = poll_on_other_thread(&mut a, || {
+        gate.expect("entered");
+        assert_pending!(poll(&mut tb, &mut b));
+        assert!(!tb.is_woken());
+        gate.step(Step::Return(Poll::Ready(Some(5))));
+    });
+    assert_eq!(polled, Poll::Ready(Some(5)));
+    assert!(
+        tb.is_woken(),
+        "A pushed an item, but B, parked during the poll, was not woken"
+    );
+    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(5)));
+    gate.no_more_events();
+}
+
+/// B polls while A is inside the upstream's `poll_next`; the upstream ends.
+#[test]
+fn a_branch_parked_during_another_branchs_poll_is_woken_by_the_end() {
+    let (upstream, gate) = gated();
+    let [mut a, mut b] = two(upstream.fanout(2, 4));
+    let mut tb = spawn(());
+
+    let polled = poll_on_other_thread(&mut a, || {
+        gate.expect("entered");
+        assert_pending!(poll(&mut tb, &mut b));
+        gate.step(Step::Return(Poll::Ready(None)));
+    });
+    assert_eq!(polled, Poll::Ready(None));
+    assert!(
+        tb.is_woken(),
+        "the upstream ended, but B, parked during the poll, was not woken"
+    );
+    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(None));
+    gate.no_more_events();
+}
+
+/// B parks while A is polling; the upstream returns `Pending` and later
+/// wakes its waker: B is woken even though A has been dropped since.
+#[test]
+fn a_branch_parked_during_a_poll_is_woken_after_the_poller_is_dropped() {
+    let (upstream, gate) = gated();
+    let [mut a, mut b] = two(upstream.fanout(2, 4));
+    let mut tb = spawn(());
+
+    let polled = poll_on_other_thread(&mut a, || {
+        gate.expect("entered");
+        assert_pending!(poll(&mut tb, &mut b));
+        gate.step(Step::Return(Poll::Pending));
+    });
+    assert_eq!(polled, Poll::Pending);
+    drop(a);
+
+    let waker = gate.stored.lock().unwrap().take().unwrap();
+    waker.wake();
+    assert!(
+        tb.is_woken(),
+        "the upstream woke, but B, parked during A's poll, was not woken"
+    );
+
+    // B polls the upstream itself now.
+    let polled = poll_on_other_thread(&mut b, || {
+        gate.expect("entered");
+        gate.step(Step::Return(Poll::Ready(Some(6))));
+    });
+    assert_eq!(polled, Poll::Ready(Some(6)));
+}
+
+/// The upstream wakes its waker during A's poll *before* B parks, then
+/// returns `Pending`: the wake-up found nobody to wake, yet B must not wait
+/// forever (A, the poller, may be busy elsewhere).
+#[test]
+fn a_wake_up_during_a_poll_before_a_branch_parked_is_not_lost() {
+    let (upstream, gate) = gated();
+    let [mut a, mut b] = two(upstream.fanout(2, 4));
+    let mut tb = spawn(());
+
+    let polled = poll_on_other_thread(&mut a, || {
+        gate.expect("entered");
+        gate.step(Step::Wake);
+        gate.expect("woke");
+        assert_pending!(poll(&mut tb, &mut b));
+        gate.step(Step::Return(Poll::Pending));
+    });
+    assert_eq!(polled, Poll::Pending);
+    assert!(
+        tb.is_woken(),
+        "the upstream woke during the poll, and B, parked after that, was never woken"
+    );
+
+    let polled = poll_on_other_thread(&mut b, || {
+        gate.expect("entered");
+        gate.step(Step::Return(Poll::Ready(Some(9))));
+    });
+    assert_eq!(polled, Poll::Ready(Some(9)));
+    let mut ta = spawn(());
+    assert_eq!(poll(&mut ta, &mut a), Poll::Ready(Some(9)));
+}
+
+/// The upstream wakes its waker during A's poll *after* B parked, then
+/// returns `Pending`: B is woken.
+#[test]
+fn a_wake_up_during_a_poll_after_a_branch_parked_wakes_it() {
+    let (upstream, gate) = gated();
+    let [mut a, mut b] = two(upstream.fanout(2, 4));
+    let mut tb = spawn(());
+
+    let polled = poll_on_other_thread(&mut a, || {
+        gate.expect("entered");
+        assert_pending!(poll(&mut tb, &mut b));
+        gate.step(Step::Wake);
+        gate.expect("woke");
+        assert!(tb.is_woken(), "the upstream woke while B was parked");
+        gate.step(Step::Return(Poll::Pending));
+    });
+    assert_eq!(polled, Poll::Pending);
+}
+
+// ---------------------------------------------------------------------------
+// Wakers that poll or drop branches when woken.
+// ---------------------------------------------------------------------------
+
+/// A waker that runs an action, once, when woken.
+struct ActionWaker(Mutex<Option<Box<dyn FnOnce() + Send>>>);
+
+impl ActionWaker {
+    fn waker(action: impl FnOnce() + Send + 'static) -> Waker {
+        Waker::from(Arc::new(Self(Mutex::new(Some(Box::new(action))))))
+    }
+}
+
+impl Wake for ActionWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let action = self.0.lock().unwrap().take();
+        if let Some(action) = action {
+            action();
+        }
+    }
+}
+
+/// Runs `test` on its own thread and fails if it takes longer than the hang
+/// guard (a deadlock), re-raising its panic if it panics.
+fn without_deadlock(test: impl FnOnce() + Send + 'static) {
+    let (done_tx, done_rx) = std_mpsc::channel();
+    let handle = thread::spawn(move || {
+        test();
+        let _ = done_tx.send(());
+    });
+    match done_rx.recv_timeout(HANG_GUARD) {
+        Ok(()) | Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(panic) = handle.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Err(std_mpsc::RecvTimeoutError::Timeout) => {
+            panic!("deadlock: a waker ran while a lock of the fanout was held")
+        }
+    }
+}
+
+/// The upstream's wake-up runs a waker that drops one branch and polls
+/// another of the same fanout: wakers run with no lock held.
+#[test]
+fn a_waker_woken_by_the_upstream_may_drop_and_poll_branches() {
+    without_deadlock(|| {
+        let tracker = Tracker::new();
+        let (tx, rx) = mpsc::unbounded();
+        let [mut a, b, c] = three(rx.fanout(3, 4));
+        let b = Arc::new(Mutex::new(Some(b)));
+        let c = Arc::new(Mutex::new(Some(c)));
+        let seen = Arc::new(Mutex::new(None));
+
+        let waker = {
+            let (b, c, seen) = (Arc::clone(&b), Arc::clone(&c), Arc::clone(&seen));
+            ActionWaker::waker(move || {
+                drop(c.lock().unwrap().take());
+                let mut b = b.lock().unwrap();
+                let b = b.as_mut().unwrap();
+                let polled = Pin::new(b)
+                    .poll_next(&mut Context::from_waker(futures::task::noop_waker_ref()));
+                *seen.lock().unwrap() =
+                    Some(polled.map(|item| item.map(|t: support::Tracked| t.value)));
+            })
+        };
+        assert!(Pin::new(&mut a)
+            .poll_next(&mut Context::from_waker(&waker))
+            .is_pending());
+        tx.unbounded_send(tracker.item(4)).unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some(Poll::Ready(Some(4))),
+            "the waker did not run, or B did not get the item"
+        );
+        assert!(c.lock().unwrap().is_none());
+        let got =
+            Pin::new(&mut a).poll_next(&mut Context::from_waker(futures::task::noop_waker_ref()));
+        assert_eq!(got.map(|item| item.map(|t| t.value)), Poll::Ready(Some(4)));
+        drop((a, b, c));
+        assert_eq!(tracker.live(), 0);
+    });
+}
+
+/// Room freed by a read runs the waiting branch's waker, which polls that
+/// very branch: no deadlock, and it gets its item.
+#[test]
+fn a_waker_woken_by_freed_room_may_poll_the_waiting_branch() {
+    without_deadlock(|| {
+        let [fast, mut slow] = two(stream::iter(0..4u32).fanout(2, 1));
+        let fast = Arc::new(Mutex::new(fast));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let noop = || Context::from_waker(futures::task::noop_waker_ref());
+
+        assert_eq!(
+            Pin::new(&mut *fast.lock().unwrap()).poll_next(&mut noop()),
+            Poll::Ready(Some(0))
+        );
+        let waker = {
+            let (fast, seen) = (Arc::clone(&fast), Arc::clone(&seen));
+            ActionWaker::waker(move || {
+                let polled = Pin::new(&mut *fast.lock().unwrap())
+                    .poll_next(&mut Context::from_waker(futures::task::noop_waker_ref()));
+                seen.lock().unwrap().push(polled);
+            })
+        };
+        assert!(Pin::new(&mut *fast.lock().unwrap())
+            .poll_next(&mut Context::from_waker(&waker))
+            .is_pending());
+        assert_eq!(
+            Pin::new(&mut slow).poll_next(&mut noop()),
+            Poll::Ready(Some(0))
+        );
+        assert_eq!(*seen.lock().unwrap(), [Poll::Ready(Some(1))]);
+    });
+}
