@@ -1,0 +1,235 @@
+//! Loom models of the fanout's wake-up and memory logic.
+//!
+//! Each model runs a few threads over one fanout, and loom explores their
+//! interleavings on the crate's own locks. The items are loom `Arc`s, so a
+//! leaked item fails the model; a lost wake-up deadlocks it, which loom
+//! reports too.
+//!
+//! Run with:
+//!
+//! ```sh
+//! RUSTFLAGS="--cfg fanout_loom" LOOM_MAX_PREEMPTIONS=2 \
+//!     cargo test --release --test loom
+//! ```
+#![cfg(fanout_loom)]
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use fanout::{Branch, StreamExt as _};
+use futures::{Stream, StreamExt};
+use loom::future::block_on;
+use loom::sync::{Arc, Mutex};
+use loom::thread;
+
+type Item = Arc<u32>;
+
+/// An upstream fed by another thread: yields what was sent, waits when
+/// nothing was, ends when closed.
+struct Gate {
+    state: Arc<Mutex<GateState>>,
+}
+
+#[derive(Default)]
+struct GateState {
+    items: VecDeque<Item>,
+    closed: bool,
+    waker: Option<Waker>,
+}
+
+/// The sending end of a [`Gate`].
+#[derive(Clone)]
+struct GateSender {
+    state: Arc<Mutex<GateState>>,
+}
+
+fn gate() -> (GateSender, Gate) {
+    let state = Arc::new(Mutex::new(GateState::default()));
+    (
+        GateSender {
+            state: Arc::clone(&state),
+        },
+        Gate { state },
+    )
+}
+
+impl GateSender {
+    fn send(&self, value: u32) {
+        self.change(|state| state.items.push_back(Arc::new(value)));
+    }
+
+    fn close(&self) {
+        self.change(|state| state.closed = true);
+    }
+
+    fn change(&self, change: impl FnOnce(&mut GateState)) {
+        let waker = {
+            let mut state = self.state.lock().unwrap();
+            change(&mut state);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl Stream for Gate {
+    type Item = Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        let mut state = self.state.lock().unwrap();
+        if let Some(item) = state.items.pop_front() {
+            Poll::Ready(Some(item))
+        } else if state.closed {
+            Poll::Ready(None)
+        } else {
+            state.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
+
+/// An upstream that always has its items ready.
+fn ready_items(count: u32) -> impl Stream<Item = Item> {
+    futures::stream::iter((0..count).map(Arc::new))
+}
+
+/// Reads a branch to its end on the current (loom) thread.
+fn read_all<S>(branch: Branch<S>) -> Vec<u32>
+where
+    S: Stream<Item = Item>,
+{
+    block_on(branch.map(|item| *item).collect())
+}
+
+fn spawn_reader<S>(branch: Branch<S>) -> thread::JoinHandle<Vec<u32>>
+where
+    S: Stream<Item = Item> + Send + 'static,
+{
+    thread::spawn(move || read_all(branch))
+}
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(2);
+    }
+    builder.check(f);
+}
+
+#[test]
+fn two_branches_read_a_shared_item_concurrently() {
+    model(|| {
+        let [a, b]: [_; 2] = ready_items(2).fanout(2, 2).try_into().unwrap();
+        let a = spawn_reader(a);
+        assert_eq!(read_all(b), [0, 1]);
+        assert_eq!(a.join().unwrap(), [0, 1]);
+    });
+}
+
+#[test]
+fn three_branches_read_concurrently_with_capacity_one() {
+    model(|| {
+        let [a, b, c]: [_; 3] = ready_items(1).fanout(3, 1).try_into().unwrap();
+        let a = spawn_reader(a);
+        let b = spawn_reader(b);
+        assert_eq!(read_all(c), [0]);
+        assert_eq!(a.join().unwrap(), [0]);
+        assert_eq!(b.join().unwrap(), [0]);
+    });
+}
+
+#[test]
+fn fast_branch_waits_for_room_that_the_slow_one_frees() {
+    model(|| {
+        let (fast, slow) = ready_items(2).tee(1);
+        let fast = spawn_reader(fast);
+        assert_eq!(read_all(slow), [0, 1]);
+        assert_eq!(fast.join().unwrap(), [0, 1]);
+    });
+}
+
+#[test]
+fn dropping_the_slow_branch_frees_the_fast_one() {
+    model(|| {
+        let (fast, slow) = ready_items(2).tee(1);
+        let fast = spawn_reader(fast);
+        drop(slow);
+        assert_eq!(fast.join().unwrap(), [0, 1]);
+    });
+}
+
+#[test]
+fn dropping_one_of_three_branches_while_another_waits_on_it() {
+    model(|| {
+        let [fast, slow, dropped]: [_; 3] = ready_items(2).fanout(3, 1).try_into().unwrap();
+        let fast = spawn_reader(fast);
+        let dropper = thread::spawn(move || drop(dropped));
+        assert_eq!(read_all(slow), [0, 1]);
+        dropper.join().unwrap();
+        assert_eq!(fast.join().unwrap(), [0, 1]);
+    });
+}
+
+#[test]
+fn a_branch_dropped_after_polling_the_upstream_does_not_strand_the_other() {
+    model(|| {
+        let (sender, upstream) = gate();
+        let (mut first, second) = upstream.tee(1);
+        let first = thread::spawn(move || {
+            let polled = block_on(async { futures::poll!(first.next()) });
+            drop(first);
+            polled.map(|item| item.map(|item| *item))
+        });
+        let producer = thread::spawn(move || {
+            sender.send(7);
+            sender.close();
+        });
+        assert_eq!(read_all(second), [7]);
+        let polled = first.join().unwrap();
+        assert!(polled == Poll::Pending || polled == Poll::Ready(Some(7)));
+        producer.join().unwrap();
+    });
+}
+
+#[test]
+fn the_upstream_ending_wakes_every_waiting_branch() {
+    model(|| {
+        let (sender, upstream) = gate();
+        let (first, second) = upstream.tee(2);
+        let first = spawn_reader(first);
+        let second = spawn_reader(second);
+        sender.close();
+        assert_eq!(first.join().unwrap(), Vec::<u32>::new());
+        assert_eq!(second.join().unwrap(), Vec::<u32>::new());
+    });
+}
+
+#[test]
+fn an_item_sent_while_both_branches_wait_reaches_both() {
+    model(|| {
+        let (sender, upstream) = gate();
+        let (first, second) = upstream.tee(1);
+        let first = spawn_reader(first);
+        let second = spawn_reader(second);
+        sender.send(1);
+        sender.close();
+        assert_eq!(first.join().unwrap(), [1]);
+        assert_eq!(second.join().unwrap(), [1]);
+    });
+}
+
+#[test]
+fn cloning_a_branch_while_another_thread_reads() {
+    model(|| {
+        let (reader, original) = ready_items(2).tee(1);
+        let reader = spawn_reader(reader);
+        let fork = original.clone();
+        let fork = spawn_reader(fork);
+        assert_eq!(read_all(original), [0, 1]);
+        assert_eq!(reader.join().unwrap(), [0, 1]);
+        assert_eq!(fork.join().unwrap(), [0, 1]);
+    });
+}
