@@ -7,60 +7,16 @@ mod support;
 use std::marker::PhantomPinned;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use fanout::{Branch, StreamExt as _};
 use futures::executor::block_on;
-use futures::future::{self, join_all};
+use futures::future;
 use futures::stream::{self, FusedStream, Stream};
-use futures::task::noop_waker_ref;
 use futures::StreamExt;
 
-use support::{CountingPolls, Tracker};
-
-/// Polls `stream` once with a waker that does nothing.
-fn poll_once<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
-    stream.poll_next_unpin(&mut Context::from_waker(noop_waker_ref()))
-}
-
-/// Wraps a stream and records in a flag when it is dropped.
-struct DropFlag<S> {
-    inner: S,
-    dropped: Arc<AtomicBool>,
-}
-
-impl<S> DropFlag<S> {
-    fn new(inner: S) -> (Self, Arc<AtomicBool>) {
-        let dropped = Arc::new(AtomicBool::new(false));
-        (
-            Self {
-                inner,
-                dropped: Arc::clone(&dropped),
-            },
-            dropped,
-        )
-    }
-}
-
-impl<S> Drop for DropFlag<S> {
-    fn drop(&mut self) {
-        self.dropped.store(true, Ordering::SeqCst);
-    }
-}
-
-impl<S: Stream + Unpin> Stream for DropFlag<S> {
-    type Item = S::Item;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
-        Pin::new(&mut self.inner).poll_next(cx)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.inner.size_hint()
-    }
-}
+use support::{collect_all, panic_message, poll_once, CountingPolls, DropFlag, Tracker};
 
 fn assert_send_sync<T: Send + Sync>() {}
 fn assert_unpin<T: Unpin>() {}
@@ -159,12 +115,7 @@ fn free_function_and_method_behave_alike() {
         for branches in [by_fn, by_method, by_path] {
             assert_eq!(branches.len(), n);
             assert!(branches.iter().all(|branch| branch.capacity() == cap));
-            let outputs = block_on(join_all(
-                branches
-                    .into_iter()
-                    .map(|branch| branch.collect::<Vec<_>>()),
-            ));
-            for output in outputs {
+            for output in collect_all(branches) {
                 assert_eq!(output, (0..20).collect::<Vec<_>>());
             }
         }
@@ -336,12 +287,7 @@ impl Stream for NotUnpinBoxed {
 #[test]
 fn a_not_unpin_upstream_works() {
     let branches = NotUnpinBoxed::new(20).fanout(3, 2);
-    let outputs = block_on(join_all(
-        branches
-            .into_iter()
-            .map(|branch| branch.collect::<Vec<_>>()),
-    ));
-    for output in outputs {
+    for output in collect_all(branches) {
         assert_eq!(output, (0..20).collect::<Vec<_>>());
     }
 
@@ -410,14 +356,6 @@ fn an_upstream_panic_reaches_the_poller_and_then_the_others() {
     let message = panic_message(panic);
     assert!(message.contains("upstream"), "{message}");
     assert!(message.contains("panicked"), "{message}");
-}
-
-fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .expect("a string panic message")
 }
 
 #[test]

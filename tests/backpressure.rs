@@ -5,22 +5,16 @@
 
 mod support;
 
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use fanout::{Branch, StreamExt as _};
 use futures::channel::mpsc;
 use futures::stream::{self, FusedStream, Stream};
-use futures::task::noop_waker_ref;
 use futures::StreamExt;
-use tokio_test::task::spawn;
+use tokio_test::task::{spawn, Spawn};
 use tokio_test::{assert_pending, assert_ready_eq};
 
-use support::{CountingPolls, PollCounts};
-
-/// Polls `stream` once with a waker that does nothing.
-fn poll_once<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
-    stream.poll_next_unpin(&mut Context::from_waker(noop_waker_ref()))
-}
+use support::{poll_once, CountingPolls, PollCounts, Progress, Rng};
 
 type Counted = CountingPolls<stream::Iter<std::ops::Range<u64>>>;
 
@@ -28,6 +22,21 @@ type Counted = CountingPolls<stream::Iter<std::ops::Range<u64>>>;
 fn counted(len: u64, n: usize, cap: usize) -> (Vec<Branch<Counted>>, PollCounts) {
     let (upstream, counts) = CountingPolls::new(stream::iter(0..len));
     (upstream.fanout(n, cap), counts)
+}
+
+type Channel = Branch<mpsc::UnboundedReceiver<u32>>;
+
+/// Tees an unbounded channel with capacity 4 into two branches, each on its
+/// own mock task, and parks both on the empty channel: the first returned
+/// polls first, the second last.
+fn parked_on_a_channel() -> (mpsc::UnboundedSender<u32>, Spawn<Channel>, Spawn<Channel>) {
+    let (tx, rx) = mpsc::unbounded::<u32>();
+    let (first, last) = rx.tee(4);
+    let mut first = spawn(first);
+    let mut last = spawn(last);
+    assert_pending!(first.poll_next());
+    assert_pending!(last.poll_next());
+    (tx, first, last)
 }
 
 #[test]
@@ -176,69 +185,50 @@ fn middle_branch_reading_does_not_free_room() {
     assert_eq!(counts.polls(), 3);
 }
 
-/// A small deterministic pseudo-random generator (64-bit LCG).
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, bound: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        ((self.0 >> 33) % bound as u64) as usize
-    }
-}
-
 #[test]
 fn exact_bound_under_an_arbitrary_polling_schedule() {
     const LEN: u64 = 200;
     for n in [1, 2, 3, 5] {
         for cap in [1, 2, 3, 8] {
             for seed in 0..4 {
-                let mut rng = Lcg(seed * 1_000 + n as u64 * 10 + cap as u64);
+                let mut rng = Rng::new(seed * 1_000 + n as u64 * 10 + cap as u64);
                 let (mut branches, counts) = counted(LEN, n, cap);
-                let mut read = vec![0u64; n];
-                let mut ended = vec![false; n];
-                let mut steps = 0;
-                while !ended.iter().all(|&ended| ended) {
-                    steps += 1;
-                    assert!(steps < 100_000, "no progress");
-                    // Skewed: branch 0 is polled far less often than the others.
+                let mut progress = Progress::new(n, LEN, 100_000);
+                while progress.unfinished() {
+                    // Skewed: branch 0 is polled more often than the others, so it keeps running into the buffer limit.
                     let i = if rng.below(4) == 0 { 0 } else { rng.below(n) };
-                    let slowest_before = *read.iter().min().unwrap();
+                    let slowest_before = progress.slowest();
                     let polled = poll_once(&mut branches[i]);
                     match polled {
-                        Poll::Ready(Some(item)) => {
-                            assert_eq!(item, read[i], "branch {i} out of order");
-                            read[i] += 1;
-                        }
-                        Poll::Ready(None) => {
-                            assert_eq!(read[i], LEN);
-                            ended[i] = true;
-                        }
+                        Poll::Ready(Some(item)) => progress.item(i, item),
+                        Poll::Ready(None) => progress.end(i),
                         Poll::Pending => {
                             // Only a branch exactly `cap` items ahead of the
                             // slowest one waits (the upstream never does).
                             assert_eq!(
-                                read[i] - slowest_before,
+                                progress.read[i] - slowest_before,
                                 cap as u64,
                                 "n = {n}, cap = {cap}: branch {i} waited without cause"
                             );
                         }
                     }
-                    let slowest = *read.iter().min().unwrap();
+                    let slowest = progress.slowest();
                     let yielded = counts.yielded() as u64;
-                    let fastest = *read.iter().max().unwrap();
+                    let fastest = progress.fastest();
                     // Pulled on demand only, and never past the bound.
                     assert_eq!(yielded, fastest, "n = {n}, cap = {cap}");
                     assert!(
                         yielded <= slowest + cap as u64,
                         "n = {n}, cap = {cap}: upstream yielded {yielded}, slowest read {slowest}"
                     );
-                    let end_polled = usize::from(ended.iter().any(|&ended| ended));
+                    let end_polled = usize::from(progress.any_ended());
                     assert_eq!(counts.polls(), yielded as usize + end_polled);
                     for (j, branch) in branches.iter().enumerate() {
-                        assert_eq!(branch.lag() as u64, yielded - read[j], "lag of branch {j}");
+                        assert_eq!(
+                            branch.lag() as u64,
+                            yielded - progress.read[j],
+                            "lag of branch {j}"
+                        );
                         assert!(branch.lag() <= cap);
                     }
                 }
@@ -310,13 +300,7 @@ fn waiting_next_future_is_woken_when_the_slowest_reads() {
 
 #[test]
 fn branches_waiting_for_the_upstream_are_woken_when_it_yields() {
-    let (tx, rx) = mpsc::unbounded::<u32>();
-    let (a, b) = rx.tee(4);
-    let mut a = spawn(a);
-    let mut b = spawn(b);
-
-    assert_pending!(a.poll_next());
-    assert_pending!(b.poll_next());
+    let (tx, mut a, mut b) = parked_on_a_channel();
     assert!(!a.is_woken());
     assert!(!b.is_woken());
 
@@ -337,15 +321,9 @@ fn branches_waiting_for_the_upstream_are_woken_when_it_yields() {
 
 #[test]
 fn waiting_branch_does_not_depend_on_the_branch_that_polled_the_upstream() {
-    let (tx, rx) = mpsc::unbounded::<u32>();
-    let (poller, waiter) = rx.tee(4);
-    let mut poller = spawn(poller);
-    let mut waiter = spawn(waiter);
-
     // `poller` polls last: an upstream that keeps only the latest waker
     // would know only `poller`'s task.
-    assert_pending!(waiter.poll_next());
-    assert_pending!(poller.poll_next());
+    let (tx, mut waiter, poller) = parked_on_a_channel();
     // The branch that polled the upstream last goes away.
     drop(poller);
     tx.unbounded_send(1).unwrap();
@@ -360,14 +338,8 @@ fn waiting_branch_does_not_depend_on_the_branch_that_polled_the_upstream() {
 
 #[test]
 fn branch_that_only_waits_is_woken_when_another_pulled_the_upstream() {
-    let (tx, rx) = mpsc::unbounded::<u32>();
-    let (a, b) = rx.tee(4);
-    let mut a = spawn(a);
-    let mut b = spawn(b);
-
     // `a` polls the upstream and parks; `b` parks too.
-    assert_pending!(a.poll_next());
-    assert_pending!(b.poll_next());
+    let (tx, mut a, mut b) = parked_on_a_channel();
     tx.unbounded_send(1).unwrap();
     tx.unbounded_send(2).unwrap();
     // `a` pulls both; `b` must be able to read them without another wake-up

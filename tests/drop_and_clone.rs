@@ -11,20 +11,15 @@ use fanout::{Branch, StreamExt as _};
 use futures::executor::block_on;
 use futures::future::join_all;
 use futures::stream::{self, FusedStream, Stream};
-use futures::task::{noop_waker_ref, ArcWake};
+use futures::task::ArcWake;
 use futures::StreamExt;
 use tokio_test::task::spawn;
 use tokio_test::{assert_pending, assert_ready_eq};
 
-use support::{CountingPolls, Tracker};
+use support::{collect_all, poll_once, values, CountingPolls, Tracked, Tracker};
 
 type Numbers = stream::Iter<Range<u64>>;
 type CountedNumbers = CountingPolls<Numbers>;
-
-/// Polls `stream` once with a waker that does nothing.
-fn poll_once<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
-    stream.poll_next_unpin(&mut Context::from_waker(noop_waker_ref()))
-}
 
 /// Reads until the branch waits or ends; returns what it read.
 fn drain_ready<S: Stream + Unpin>(stream: &mut S) -> Vec<S::Item> {
@@ -32,6 +27,39 @@ fn drain_ready<S: Stream + Unpin>(stream: &mut S) -> Vec<S::Item> {
     while let Poll::Ready(Some(item)) = poll_once(stream) {
         items.push(item);
     }
+    items
+}
+
+/// Runs `branches` to their ends together and checks that branch `i`
+/// yields the items `expected[i]`.
+fn assert_read_to_the_end<S, const N: usize>(branches: [S; N], expected: [Range<u64>; N])
+where
+    S: Stream<Item = u64>,
+{
+    let outputs = collect_all(branches);
+    for (i, (output, expected)) in outputs.into_iter().zip(expected).enumerate() {
+        assert_eq!(output, expected.collect::<Vec<_>>(), "branch {i}");
+    }
+}
+
+/// Reads `branch`, the only one left, to its end, checks that it yields
+/// the items `expected` and takes them by move (no clone), and returns them.
+fn read_alone_to_the_end<S>(
+    tracker: &Tracker,
+    branch: &mut Branch<S>,
+    expected: Range<u64>,
+) -> Vec<Tracked>
+where
+    S: Stream<Item = Tracked>,
+{
+    let clones = tracker.clones();
+    let items = block_on(branch.collect::<Vec<_>>());
+    assert_eq!(values(&items), expected.collect::<Vec<_>>());
+    assert_eq!(
+        tracker.clones(),
+        clones,
+        "a lone branch takes items by move"
+    );
     items
 }
 
@@ -55,13 +83,7 @@ fn dropping_the_slow_branch_releases_its_unread_items_at_once() {
     assert_eq!(fast.lag(), 0);
 
     // Alone now: the fast branch reads the rest, by move.
-    let clones = tracker.clones();
-    let rest = block_on((&mut fast).collect::<Vec<_>>());
-    assert_eq!(
-        rest.iter().map(|item| item.value).collect::<Vec<_>>(),
-        (4..20).collect::<Vec<_>>()
-    );
-    assert_eq!(tracker.clones(), clones);
+    read_alone_to_the_end(&tracker, &mut fast, 4..20);
 }
 
 #[test]
@@ -73,17 +95,7 @@ fn dropping_the_fast_branch_keeps_the_items_of_the_slow_one() {
     drop(fast);
     assert_eq!(tracker.live(), 4);
     assert_eq!(slow.lag(), 4);
-    let clones = tracker.clones();
-    let all = block_on((&mut slow).collect::<Vec<_>>());
-    assert_eq!(
-        all.iter().map(|item| item.value).collect::<Vec<_>>(),
-        (0..10).collect::<Vec<_>>()
-    );
-    assert_eq!(
-        tracker.clones(),
-        clones,
-        "a lone branch takes items by move"
-    );
+    let all = read_alone_to_the_end(&tracker, &mut slow, 0..10);
     drop(all);
     assert_eq!(tracker.live(), 0);
 }
@@ -245,11 +257,7 @@ fn a_waker_may_drop_a_branch_of_the_same_fanout() {
     assert!(holder.branch.lock().unwrap().is_none(), "the waker ran");
 
     assert_eq!(poll_once(&mut fast), Poll::Ready(Some(2)));
-    let outputs = block_on(join_all(
-        [fast, slow].map(|branch| branch.collect::<Vec<_>>()),
-    ));
-    assert_eq!(outputs[0], (3..10).collect::<Vec<_>>());
-    assert_eq!(outputs[1], (1..10).collect::<Vec<_>>());
+    assert_read_to_the_end([fast, slow], [3..10, 1..10]);
 }
 
 #[test]
@@ -290,10 +298,7 @@ fn a_clone_of_a_branch_mid_way_yields_the_same_remaining_items() {
     assert_eq!(c.size_hint(), a.size_hint());
     assert!(!c.is_terminated());
     assert_eq!(c.capacity(), 8);
-    let outputs = block_on(join_all([a, b, c].map(|branch| branch.collect::<Vec<_>>())));
-    assert_eq!(outputs[0], (3..10).collect::<Vec<_>>());
-    assert_eq!(outputs[1], (0..10).collect::<Vec<_>>());
-    assert_eq!(outputs[2], (3..10).collect::<Vec<_>>());
+    assert_read_to_the_end([a, b, c], [3..10, 0..10, 3..10]);
     assert_eq!(counts.polls(), 11);
 }
 
@@ -308,12 +313,7 @@ fn a_clone_of_a_lagging_branch_sees_the_buffered_items() {
     // The fork is now 5 ahead of `slow`: it waits too.
     assert_eq!(poll_once(&mut fork), Poll::Pending);
     assert_eq!(counts.polls(), 5);
-    let outputs = block_on(join_all(
-        [fast, slow, fork].map(|branch| branch.collect::<Vec<_>>()),
-    ));
-    assert_eq!(outputs[0], (5..10).collect::<Vec<_>>());
-    assert_eq!(outputs[1], (0..10).collect::<Vec<_>>());
-    assert_eq!(outputs[2], (5..10).collect::<Vec<_>>());
+    assert_read_to_the_end([fast, slow, fork], [5..10, 0..10, 5..10]);
 }
 
 #[test]
@@ -389,12 +389,7 @@ fn a_clone_of_a_waiting_branch_waits_too() {
     assert!(fork.is_woken());
     assert_ready_eq!(fork.poll_next(), Some(2));
     assert_eq!(poll_once(&mut fast), Poll::Ready(Some(2)));
-    let outputs = block_on(join_all(
-        [fast, slow, fork.into_inner()].map(|branch| branch.collect::<Vec<_>>()),
-    ));
-    assert_eq!(outputs[0], (3..10).collect::<Vec<_>>());
-    assert_eq!(outputs[1], (1..10).collect::<Vec<_>>());
-    assert_eq!(outputs[2], (3..10).collect::<Vec<_>>());
+    assert_read_to_the_end([fast, slow, fork.into_inner()], [3..10, 1..10, 3..10]);
 }
 
 #[test]

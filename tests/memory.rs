@@ -4,66 +4,19 @@
 
 mod support;
 
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
+use std::task::Poll;
 
 use fanout::StreamExt as _;
 use futures::channel::mpsc;
 use futures::executor::block_on;
 use futures::future::join_all;
-use futures::stream::{self, Stream};
-use futures::task::noop_waker_ref;
+use futures::stream;
 use futures::StreamExt;
 
-use support::{CountingPolls, Tracked, Tracker};
-
-/// Polls `stream` once with a waker that does nothing.
-fn poll_once<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
-    stream.poll_next_unpin(&mut Context::from_waker(noop_waker_ref()))
-}
-
-/// Wraps a stream and records in a flag when it is dropped.
-struct DropFlag<S> {
-    inner: S,
-    dropped: Arc<AtomicBool>,
-}
-
-impl<S> DropFlag<S> {
-    fn new(inner: S) -> (Self, Arc<AtomicBool>) {
-        let dropped = Arc::new(AtomicBool::new(false));
-        (
-            Self {
-                inner,
-                dropped: Arc::clone(&dropped),
-            },
-            dropped,
-        )
-    }
-}
-
-impl<S> Drop for DropFlag<S> {
-    fn drop(&mut self) {
-        assert!(!self.dropped.swap(true, Ordering::SeqCst), "dropped twice");
-    }
-}
-
-impl<S: Stream + Unpin> Stream for DropFlag<S> {
-    type Item = S::Item;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
-        Pin::new(&mut self.inner).poll_next(cx)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.inner.size_hint()
-    }
-}
-
-fn values(items: &[Tracked]) -> Vec<u64> {
-    items.iter().map(|item| item.value).collect()
-}
+use support::{
+    collect_all, poll_once, values, CountingPolls, DropFlag, Progress, Rng, Tracked, Tracker,
+};
 
 #[test]
 fn each_item_is_cloned_exactly_n_minus_one_times() {
@@ -71,12 +24,7 @@ fn each_item_is_cloned_exactly_n_minus_one_times() {
     for n in [1, 2, 3, 8] {
         for cap in [1, 4, 64] {
             let tracker = Tracker::new();
-            let branches = tracker.stream(LEN).fanout(n, cap);
-            let outputs = block_on(join_all(
-                branches
-                    .into_iter()
-                    .map(|branch| branch.collect::<Vec<_>>()),
-            ));
+            let outputs = collect_all(tracker.stream(LEN).fanout(n, cap));
             for output in &outputs {
                 assert_eq!(values(output), (0..LEN).collect::<Vec<_>>());
             }
@@ -116,23 +64,18 @@ fn clone_count_is_exact_whichever_branch_reads_last() {
         for cap in [1, 3, 10] {
             let tracker = Tracker::new();
             let mut branches = tracker.stream(LEN).fanout(n, cap);
-            let mut counts = vec![0u64; n];
-            let mut ended = vec![false; n];
+            let mut progress = Progress::new(n, LEN, 10_000);
             let mut round = 0usize;
-            while !ended.iter().all(|&ended| ended) {
+            while progress.unfinished() {
                 round += 1;
-                assert!(round < 10_000, "no progress");
                 for (i, branch) in branches.iter_mut().enumerate() {
                     // Branch i reads on rounds where (round + i) % (i + 1) == 0.
                     if (round + i) % (i + 1) != 0 {
                         continue;
                     }
                     match poll_once(branch) {
-                        Poll::Ready(Some(item)) => {
-                            assert_eq!(item.value, counts[i]);
-                            counts[i] += 1;
-                        }
-                        Poll::Ready(None) => ended[i] = true,
+                        Poll::Ready(Some(item)) => progress.item(i, item.value),
+                        Poll::Ready(None) => progress.end(i),
                         Poll::Pending => {}
                     }
                 }
@@ -157,7 +100,7 @@ fn clone_count_with_a_fork_mid_way() {
     }
     assert_eq!(tracker.clones(), 3);
     let c = a.clone();
-    let outputs = block_on(join_all([a, b, c].map(|branch| branch.collect::<Vec<_>>())));
+    let outputs = collect_all([a, b, c]);
     assert_eq!(values(&outputs[0]), (3..LEN).collect::<Vec<_>>());
     assert_eq!(values(&outputs[1]), (0..LEN).collect::<Vec<_>>());
     assert_eq!(values(&outputs[2]), (3..LEN).collect::<Vec<_>>());
@@ -220,19 +163,6 @@ fn live_items_stay_within_cap_when_one_branch_lags() {
     }
 }
 
-/// A small deterministic pseudo-random generator (64-bit LCG).
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, bound: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        ((self.0 >> 33) % bound as u64) as usize
-    }
-}
-
 #[test]
 fn live_items_are_exactly_the_buffer_plus_what_the_test_holds() {
     const LEN: u64 = 150;
@@ -240,27 +170,22 @@ fn live_items_are_exactly_the_buffer_plus_what_the_test_holds() {
         for cap in [1, 3, 8] {
             let tracker = Tracker::new();
             let mut branches = tracker.stream(LEN).fanout(n, cap);
-            let mut rng = Lcg(n as u64 * 100 + cap as u64);
+            let mut rng = Rng::new(n as u64 * 100 + cap as u64);
             // The test holds the latest item of each branch.
             let mut held: Vec<Option<Tracked>> = (0..n).map(|_| None).collect();
-            let mut read = vec![0u64; n];
-            let mut ended = vec![false; n];
-            let mut steps = 0;
-            while !ended.iter().all(|&ended| ended) {
-                steps += 1;
-                assert!(steps < 100_000, "no progress");
+            let mut progress = Progress::new(n, LEN, 100_000);
+            while progress.unfinished() {
                 let i = if rng.below(3) == 0 { 0 } else { rng.below(n) };
                 match poll_once(&mut branches[i]) {
                     Poll::Ready(Some(item)) => {
-                        assert_eq!(item.value, read[i]);
-                        read[i] += 1;
+                        progress.item(i, item.value);
                         held[i] = Some(item);
                     }
-                    Poll::Ready(None) => ended[i] = true,
+                    Poll::Ready(None) => progress.end(i),
                     Poll::Pending => {}
                 }
                 let holding = held.iter().flatten().count();
-                let buffered = read.iter().max().unwrap() - read.iter().min().unwrap();
+                let buffered = progress.fastest() - progress.slowest();
                 assert!(buffered <= cap as u64);
                 assert!(tracker.live() <= cap + holding, "n = {n}, cap = {cap}");
                 assert_eq!(

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::fmt::Debug;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -10,22 +11,30 @@ use fanout::StreamExt as _;
 use futures::executor::block_on;
 use futures::future::join_all;
 use futures::stream::{self, FusedStream, Stream};
-use futures::task::noop_waker_ref;
 use futures::StreamExt;
 
-use support::{CountingPolls, Tracker};
+use support::{collect_all, poll_once, CountingPolls, Tracker};
 
 const BRANCH_COUNTS: [usize; 4] = [1, 2, 3, 8];
 const CAPACITIES: [usize; 4] = [1, 2, 7, 64];
 const LEN: u64 = 100;
 
-/// Polls `stream` once with a waker that does nothing.
-fn poll_once<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
-    stream.poll_next_unpin(&mut Context::from_waker(noop_waker_ref()))
+/// Every combination of [`BRANCH_COUNTS`] and [`CAPACITIES`].
+fn shapes() -> impl Iterator<Item = (usize, usize)> {
+    BRANCH_COUNTS
+        .into_iter()
+        .flat_map(|n| CAPACITIES.map(|cap| (n, cap)))
 }
 
 fn expected(len: u64) -> Vec<u64> {
     (0..len).collect()
+}
+
+/// Asserts that every branch's output is `expected`; `shape` names the run.
+fn assert_every_output<T: PartialEq + Debug>(outputs: &[Vec<T>], expected: &[T], shape: &str) {
+    for (i, output) in outputs.iter().enumerate() {
+        assert_eq!(output, expected, "{shape}, branch {i}");
+    }
 }
 
 /// An upstream that returns `Pending` (after waking its waker) before every
@@ -84,79 +93,49 @@ impl Stream for Resurrecting {
 
 #[test]
 fn join_all_of_collects_yields_every_item_in_order() {
-    for n in BRANCH_COUNTS {
-        for cap in CAPACITIES {
-            let branches = stream::iter(0..LEN).fanout(n, cap);
-            assert_eq!(branches.len(), n);
-            let outputs = block_on(join_all(
-                branches
-                    .into_iter()
-                    .map(|branch| branch.collect::<Vec<_>>()),
-            ));
-            assert_eq!(outputs.len(), n);
-            for (i, output) in outputs.iter().enumerate() {
-                assert_eq!(output, &expected(LEN), "n = {n}, cap = {cap}, branch {i}");
-            }
-        }
+    for (n, cap) in shapes() {
+        let branches = stream::iter(0..LEN).fanout(n, cap);
+        assert_eq!(branches.len(), n);
+        let outputs = collect_all(branches);
+        assert_eq!(outputs.len(), n);
+        assert_every_output(&outputs, &expected(LEN), &format!("n = {n}, cap = {cap}"));
     }
 }
 
 #[test]
 fn join_all_with_non_copy_items() {
-    for n in BRANCH_COUNTS {
-        for cap in CAPACITIES {
-            let words: Vec<String> = (0..LEN).map(|i| format!("item-{i}")).collect();
-            let branches = stream::iter(words.clone()).fanout(n, cap);
-            let outputs = block_on(join_all(
-                branches
-                    .into_iter()
-                    .map(|branch| branch.collect::<Vec<_>>()),
-            ));
-            for (i, output) in outputs.iter().enumerate() {
-                assert_eq!(output, &words, "n = {n}, cap = {cap}, branch {i}");
-            }
-        }
+    for (n, cap) in shapes() {
+        let words: Vec<String> = (0..LEN).map(|i| format!("item-{i}")).collect();
+        let outputs = collect_all(stream::iter(words.clone()).fanout(n, cap));
+        assert_every_output(&outputs, &words, &format!("n = {n}, cap = {cap}"));
     }
 }
 
 #[test]
 fn join_all_with_tracked_items_keeps_values_and_order() {
-    for n in BRANCH_COUNTS {
-        for cap in CAPACITIES {
-            let tracker = Tracker::new();
-            let branches = tracker.stream(LEN).fanout(n, cap);
-            let outputs = block_on(join_all(
-                branches
-                    .into_iter()
-                    .map(|branch| branch.map(|item| item.value).collect::<Vec<_>>()),
-            ));
-            for (i, output) in outputs.iter().enumerate() {
-                assert_eq!(output, &expected(LEN), "n = {n}, cap = {cap}, branch {i}");
-            }
-            assert_eq!(tracker.live(), 0, "n = {n}, cap = {cap}");
-        }
+    for (n, cap) in shapes() {
+        let tracker = Tracker::new();
+        let branches = tracker.stream(LEN).fanout(n, cap);
+        let outputs = collect_all(
+            branches
+                .into_iter()
+                .map(|branch| branch.map(|item| item.value)),
+        );
+        assert_every_output(&outputs, &expected(LEN), &format!("n = {n}, cap = {cap}"));
+        assert_eq!(tracker.live(), 0, "n = {n}, cap = {cap}");
     }
 }
 
 #[test]
 fn join_all_over_an_upstream_that_returns_pending() {
-    for n in BRANCH_COUNTS {
-        for cap in CAPACITIES {
-            let (upstream, counts) = CountingPolls::new(Stutter::new(stream::iter(0..LEN)));
-            let branches = upstream.fanout(n, cap);
-            let outputs = block_on(join_all(
-                branches
-                    .into_iter()
-                    .map(|branch| branch.collect::<Vec<_>>()),
-            ));
-            for (i, output) in outputs.iter().enumerate() {
-                assert_eq!(output, &expected(LEN), "n = {n}, cap = {cap}, branch {i}");
-            }
-            assert_eq!(counts.yielded(), LEN as usize);
-            // One `Pending` before each item and before the end, then the
-            // end: the upstream is polled exactly twice per item, plus two.
-            assert_eq!(counts.polls(), 2 * LEN as usize + 2, "n = {n}, cap = {cap}");
-        }
+    for (n, cap) in shapes() {
+        let (upstream, counts) = CountingPolls::new(Stutter::new(stream::iter(0..LEN)));
+        let outputs = collect_all(upstream.fanout(n, cap));
+        assert_every_output(&outputs, &expected(LEN), &format!("n = {n}, cap = {cap}"));
+        assert_eq!(counts.yielded(), LEN as usize);
+        // One `Pending` before each item and before the end, then the
+        // end: the upstream is polled exactly twice per item, plus two.
+        assert_eq!(counts.polls(), 2 * LEN as usize + 2, "n = {n}, cap = {cap}");
     }
 }
 
@@ -196,9 +175,7 @@ fn round_robin(n: usize, cap: usize, len: u64) {
             }
         }
     }
-    for (i, output) in outputs.iter().enumerate() {
-        assert_eq!(output, &expected(len), "n = {n}, cap = {cap}, branch {i}");
-    }
+    assert_every_output(&outputs, &expected(len), &format!("n = {n}, cap = {cap}"));
     // Branch 1 reads twice as fast as branch 0, so it gets up to `len / 2`
     // items ahead of it unless the buffer stops it.
     if n > 1 && (cap as u64) < len / 2 {
@@ -212,30 +189,26 @@ fn round_robin(n: usize, cap: usize, len: u64) {
 
 #[test]
 fn interleaved_round_robin_polling_yields_every_item_in_order() {
-    for n in BRANCH_COUNTS {
-        for cap in CAPACITIES {
-            round_robin(n, cap, LEN);
-        }
+    for (n, cap) in shapes() {
+        round_robin(n, cap, LEN);
     }
 }
 
 #[test]
 fn one_item_at_a_time_in_lockstep() {
-    for n in BRANCH_COUNTS {
-        for cap in CAPACITIES {
-            let mut branches = stream::iter(0..LEN).fanout(n, cap);
-            for expected in 0..LEN {
-                for (i, branch) in branches.iter_mut().enumerate() {
-                    assert_eq!(
-                        poll_once(branch),
-                        Poll::Ready(Some(expected)),
-                        "n = {n}, cap = {cap}, branch {i}"
-                    );
-                }
+    for (n, cap) in shapes() {
+        let mut branches = stream::iter(0..LEN).fanout(n, cap);
+        for expected in 0..LEN {
+            for (i, branch) in branches.iter_mut().enumerate() {
+                assert_eq!(
+                    poll_once(branch),
+                    Poll::Ready(Some(expected)),
+                    "n = {n}, cap = {cap}, branch {i}"
+                );
             }
-            for branch in &mut branches {
-                assert_eq!(poll_once(branch), Poll::Ready(None));
-            }
+        }
+        for branch in &mut branches {
+            assert_eq!(poll_once(branch), Poll::Ready(None));
         }
     }
 }
@@ -261,43 +234,37 @@ fn one_branch_reads_everything_it_can_before_the_others() {
                     }
                 }
             }
-            for (i, output) in outputs.iter().enumerate() {
-                assert_eq!(output, &expected(LEN), "n = {n}, cap = {cap}, branch {i}");
-            }
+            assert_every_output(&outputs, &expected(LEN), &format!("n = {n}, cap = {cap}"));
         }
     }
 }
 
 #[test]
 fn branches_stay_terminated_after_none() {
-    for n in BRANCH_COUNTS {
-        for cap in CAPACITIES {
-            let (upstream, counts) = CountingPolls::new(stream::iter(0..5u64));
-            let mut branches = upstream.fanout(n, cap);
-            for branch in &branches {
-                assert!(!branch.is_terminated());
-            }
-            let outputs = block_on(join_all(branches.iter_mut().map(|branch| async move {
-                let mut items = Vec::new();
-                while let Some(item) = branch.next().await {
-                    assert!(!branch.is_terminated());
-                    items.push(item);
-                }
-                items
-            })));
-            for output in &outputs {
-                assert_eq!(output, &expected(5));
-            }
-            for branch in &mut branches {
-                assert!(branch.is_terminated());
-                for _ in 0..5 {
-                    assert_eq!(poll_once(branch), Poll::Ready(None));
-                    assert!(branch.is_terminated());
-                }
-            }
-            // Five items and one end: nothing after the end.
-            assert_eq!(counts.polls(), 6, "n = {n}, cap = {cap}");
+    for (n, cap) in shapes() {
+        let (upstream, counts) = CountingPolls::new(stream::iter(0..5u64));
+        let mut branches = upstream.fanout(n, cap);
+        for branch in &branches {
+            assert!(!branch.is_terminated());
         }
+        let outputs = block_on(join_all(branches.iter_mut().map(|branch| async move {
+            let mut items = Vec::new();
+            while let Some(item) = branch.next().await {
+                assert!(!branch.is_terminated());
+                items.push(item);
+            }
+            items
+        })));
+        assert_every_output(&outputs, &expected(5), &format!("n = {n}, cap = {cap}"));
+        for branch in &mut branches {
+            assert!(branch.is_terminated());
+            for _ in 0..5 {
+                assert_eq!(poll_once(branch), Poll::Ready(None));
+                assert!(branch.is_terminated());
+            }
+        }
+        // Five items and one end: nothing after the end.
+        assert_eq!(counts.polls(), 6, "n = {n}, cap = {cap}");
     }
 }
 
@@ -339,37 +306,28 @@ fn upstream_is_never_polled_after_it_returned_none() {
 
 #[test]
 fn non_fused_upstream_is_not_polled_after_its_first_none() {
-    for n in BRANCH_COUNTS {
-        for cap in CAPACITIES {
-            // Yields 1, then None, then would yield 3 and panic on a 3rd poll.
-            let upstream = Resurrecting { polls: 0, limit: 2 };
-            let mut branches = upstream.fanout(n, cap);
-            for branch in &mut branches {
-                assert_eq!(poll_once(branch), Poll::Ready(Some(1)));
-            }
-            for branch in &mut branches {
-                assert_eq!(poll_once(branch), Poll::Ready(None));
-                assert_eq!(poll_once(branch), Poll::Ready(None));
-                assert!(branch.is_terminated());
-            }
+    for (n, cap) in shapes() {
+        // Yields 1, then None, then would yield 3 and panic on a 3rd poll.
+        let upstream = Resurrecting { polls: 0, limit: 2 };
+        let mut branches = upstream.fanout(n, cap);
+        for branch in &mut branches {
+            assert_eq!(poll_once(branch), Poll::Ready(Some(1)));
+        }
+        for branch in &mut branches {
+            assert_eq!(poll_once(branch), Poll::Ready(None));
+            assert_eq!(poll_once(branch), Poll::Ready(None));
+            assert!(branch.is_terminated());
         }
     }
 }
 
 #[test]
 fn empty_upstream_ends_every_branch() {
-    for n in BRANCH_COUNTS {
-        for cap in CAPACITIES {
-            let (upstream, counts) = CountingPolls::new(stream::empty::<u64>());
-            let branches = upstream.fanout(n, cap);
-            let outputs = block_on(join_all(
-                branches
-                    .into_iter()
-                    .map(|branch| branch.collect::<Vec<_>>()),
-            ));
-            assert!(outputs.iter().all(Vec::is_empty));
-            assert_eq!(counts.polls(), 1, "n = {n}, cap = {cap}");
-        }
+    for (n, cap) in shapes() {
+        let (upstream, counts) = CountingPolls::new(stream::empty::<u64>());
+        let outputs = collect_all(upstream.fanout(n, cap));
+        assert!(outputs.iter().all(Vec::is_empty));
+        assert_eq!(counts.polls(), 1, "n = {n}, cap = {cap}");
     }
 }
 
@@ -408,9 +366,7 @@ fn branches_on_separate_threads_yield_every_item_in_order() {
             }
             outputs
         });
-        for (i, output) in outputs.iter().enumerate() {
-            assert_eq!(output, &expected(ITEMS), "n = {n}, cap = {cap}, branch {i}");
-        }
+        assert_every_output(&outputs, &expected(ITEMS), &format!("n = {n}, cap = {cap}"));
         assert_eq!(counts.polls(), ITEMS as usize + 1);
     }
 }

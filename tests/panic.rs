@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,23 +19,13 @@ use futures::{stream, Stream, StreamExt};
 use tokio_test::assert_pending;
 use tokio_test::task::{spawn, Spawn};
 
-use support::{CountingPolls, PollCounts, Tracked, Tracker};
+use support::{panic_message, CountingPolls, PollCounts, Tracked, Tracker};
 
 /// The message the test upstreams panic with.
 const BOOM: &str = "upstream boom";
 
 /// Hang guard only: never reached when the crate works.
 const HANG_GUARD: Duration = Duration::from_secs(30);
-
-fn message(payload: Box<dyn Any + Send>) -> String {
-    if let Some(message) = payload.downcast_ref::<&str>() {
-        (*message).to_owned()
-    } else if let Some(message) = payload.downcast_ref::<String>() {
-        message.clone()
-    } else {
-        "<a panic payload that is not a string>".to_owned()
-    }
-}
 
 /// Asserts that `message` is the fanout's "the upstream panicked" message,
 /// and not the upstream's own.
@@ -56,7 +45,7 @@ fn try_poll<S: Stream + Unpin>(
     catch_unwind(AssertUnwindSafe(|| {
         task.enter(|cx, _| Pin::new(&mut *stream).poll_next(cx))
     }))
-    .map_err(message)
+    .map_err(panic_message)
 }
 
 /// Polls a branch of tracked items and returns the value it yields.
@@ -390,7 +379,7 @@ async fn a_panic_reaches_every_task_and_none_hangs() {
             let end = tokio::time::timeout(HANG_GUARD, task)
                 .await
                 .unwrap_or_else(|_| panic!("n = {n}, cap = {cap}: a branch hangs after the panic"));
-            let end = end.map_err(|err| message(err.into_panic()));
+            let end = end.map_err(|err| panic_message(err.into_panic()));
             let values = std::mem::take(&mut *seen.lock().unwrap());
             outcomes.push((values, end));
         }
@@ -423,7 +412,7 @@ fn a_panic_reaches_every_thread_and_none_hangs() {
                             values.push(item.value);
                         }
                     }))
-                    .map_err(message);
+                    .map_err(panic_message);
                     let _ = done.send(());
                     (values, end)
                 })

@@ -25,42 +25,11 @@ use fanout::{Branch, StreamExt as _};
 use futures::channel::mpsc;
 use futures::Stream;
 
-use support::{Tracked, Tracker};
+use support::{Rng, Tracked, Tracker};
 
 const SEEDS: u64 = 500;
 /// A run that takes more steps than this is spinning.
 const MAX_STEPS: usize = 100_000;
-
-/// xorshift64*: small, deterministic, good enough for schedules.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        // Mix the seed so that nearby seeds give unrelated sequences; never 0.
-        let mut x = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Self((x ^ (x >> 31)) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A number in `0..n`.
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// True with probability `percent` / 100.
-    fn percent(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
 
 /// A waker that raises a flag.
 #[derive(Debug, Default)]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use fanout::StreamExt as _;
 use futures::{stream, Stream, StreamExt};
 
-use support::Tracker;
+use support::{Rng, Tracker};
 
 const BRANCHES: [usize; 3] = [2, 4, 8];
 const CAPACITIES: [usize; 3] = [1, 16, 1024];
@@ -29,22 +29,6 @@ const ITEMS: u64 = 100_000;
 /// and so are much slower: fewer items, to keep the file under ~20 s in a
 /// debug build on two cores.
 const THREAD_ITEMS: u64 = 25_000;
-
-/// xorshift64*, seeded per branch.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
 
 /// Consumes `branch` on a tokio task, yielding at random if `yields`, and
 /// checks it gets `0..items` in order, then `None`.
@@ -223,6 +207,24 @@ where
     })
 }
 
+/// Fans `upstream` out into `n` branches of capacity `cap`, consumes each
+/// on its own OS thread with [`consume_on_thread`], and waits for them all
+/// within the hang guard; `what` names the upstream in a failure.
+fn consume_on_threads<S>(upstream: S, n: usize, cap: usize, items: u64, what: &str)
+where
+    S: Stream<Item = u64> + Send + 'static,
+{
+    let (done_tx, done_rx) = std_mpsc::channel();
+    let threads = upstream
+        .fanout(n, cap)
+        .into_iter()
+        .enumerate()
+        .map(|(i, branch)| consume_on_thread(branch, items, i, done_tx.clone()))
+        .collect();
+    drop(done_tx);
+    join_threads_within_guard(threads, done_rx, &format!("{what}, n = {n}, cap = {cap}"));
+}
+
 fn join_threads_within_guard(
     threads: Vec<thread::JoinHandle<()>>,
     done: std_mpsc::Receiver<()>,
@@ -248,15 +250,7 @@ fn threads_with_a_ready_upstream() {
     for n in BRANCHES {
         for cap in CAPACITIES {
             let items = THREAD_ITEMS;
-            let (done_tx, done_rx) = std_mpsc::channel();
-            let threads = stream::iter(0..items)
-                .fanout(n, cap)
-                .into_iter()
-                .enumerate()
-                .map(|(i, branch)| consume_on_thread(branch, items, i, done_tx.clone()))
-                .collect();
-            drop(done_tx);
-            join_threads_within_guard(threads, done_rx, &format!("threads, n = {n}, cap = {cap}"));
+            consume_on_threads(stream::iter(0..items), n, cap, items, "threads");
         }
     }
 }
@@ -276,19 +270,7 @@ fn threads_with_a_channel_upstream_fed_by_another_thread() {
                         .expect("the fanout dropped the receiver");
                 });
             });
-            let (done_tx, done_rx) = std_mpsc::channel();
-            let threads = rx
-                .fanout(n, cap)
-                .into_iter()
-                .enumerate()
-                .map(|(i, branch)| consume_on_thread(branch, items, i, done_tx.clone()))
-                .collect();
-            drop(done_tx);
-            join_threads_within_guard(
-                threads,
-                done_rx,
-                &format!("channel threads, n = {n}, cap = {cap}"),
-            );
+            consume_on_threads(rx, n, cap, items, "channel threads");
             producer.join().unwrap();
         }
     }
@@ -326,19 +308,7 @@ fn threads_with_a_cooperatively_yielding_upstream() {
                 items,
                 yield_now: false,
             };
-            let (done_tx, done_rx) = std_mpsc::channel();
-            let threads = upstream
-                .fanout(n, cap)
-                .into_iter()
-                .enumerate()
-                .map(|(i, branch)| consume_on_thread(branch, items, i, done_tx.clone()))
-                .collect();
-            drop(done_tx);
-            join_threads_within_guard(
-                threads,
-                done_rx,
-                &format!("yielding threads, n = {n}, cap = {cap}"),
-            );
+            consume_on_threads(upstream, n, cap, items, "yielding threads");
         }
     }
 }

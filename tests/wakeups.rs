@@ -11,6 +11,7 @@
 
 mod support;
 
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -25,7 +26,7 @@ use futures::{stream, Stream, StreamExt};
 use tokio_test::assert_pending;
 use tokio_test::task::{spawn, Spawn};
 
-use support::Tracker;
+use support::{poll_once, Tracker};
 
 /// Generous bound on how long a test waits for another thread: a hang guard
 /// only, never reached when the crate works.
@@ -36,15 +37,51 @@ fn poll<S: Stream + Unpin>(task: &mut Spawn<()>, stream: &mut S) -> Poll<Option<
     task.enter(|cx, _| Pin::new(stream).poll_next(cx))
 }
 
-fn channel_fanout(
-    n: usize,
-    cap: usize,
-) -> (
-    mpsc::UnboundedSender<u32>,
-    Vec<Branch<mpsc::UnboundedReceiver<u32>>>,
-) {
+type Channel = Branch<mpsc::UnboundedReceiver<u32>>;
+
+fn channel_fanout(n: usize, cap: usize) -> (mpsc::UnboundedSender<u32>, Vec<Channel>) {
     let (tx, rx) = mpsc::unbounded();
     (tx, rx.fanout(n, cap))
+}
+
+/// A channel fanned out into two branches, A and B, of capacity 4, each
+/// polled once from its own task, A first: both wait on the empty channel.
+fn two_waiting_on_a_channel() -> (mpsc::UnboundedSender<u32>, [Channel; 2], [Spawn<()>; 2]) {
+    let (tx, branches) = channel_fanout(2, 4);
+    let [mut a, mut b] = two(branches);
+    let (mut ta, mut tb) = (spawn(()), spawn(()));
+    assert_pending!(poll(&mut ta, &mut a));
+    assert_pending!(poll(&mut tb, &mut b));
+    (tx, [a, b], [ta, tb])
+}
+
+/// Sends `item` on `tx` to a branch that waits on the channel from `task`:
+/// the task must be woken, and its next poll of `branch` yields the item.
+fn send_and_expect_woken<S>(
+    tx: &mpsc::UnboundedSender<u32>,
+    item: u32,
+    task: &mut Spawn<()>,
+    branch: &mut S,
+) where
+    S: Stream<Item = u32> + Unpin,
+{
+    tx.unbounded_send(item).unwrap();
+    assert!(
+        task.is_woken(),
+        "the upstream woke with item {item}, but the waiting branch was not woken"
+    );
+    assert_eq!(poll(task, branch), Poll::Ready(Some(item)));
+}
+
+/// Polls `branch` from `task`, which must yield `items` and then wait.
+fn read_until_pending<S>(task: &mut Spawn<()>, branch: &mut S, items: Range<u32>)
+where
+    S: Stream<Item = u32> + Unpin,
+{
+    for item in items {
+        assert_eq!(poll(task, branch), Poll::Ready(Some(item)));
+    }
+    assert_pending!(poll(task, branch));
 }
 
 fn two<T>(v: Vec<T>) -> [T; 2] {
@@ -63,27 +100,14 @@ fn three<T>(v: Vec<T>) -> [T; 3] {
 /// that arrives later still wakes B.
 #[test]
 fn a_dropped_poller_does_not_strand_a_waiting_branch() {
-    let (tx, branches) = channel_fanout(2, 4);
-    let [mut a, mut b] = two(branches);
-    let (mut ta, mut tb) = (spawn(()), spawn(()));
-
-    assert_pending!(poll(&mut ta, &mut a));
-    assert_pending!(poll(&mut tb, &mut b));
+    let (tx, [a, mut b], [_, mut tb]) = two_waiting_on_a_channel();
     drop(a);
     assert!(!tb.is_woken(), "nothing happened yet");
-
-    tx.unbounded_send(1).unwrap();
-    assert!(
-        tb.is_woken(),
-        "the upstream woke, but the waiting branch was not woken"
-    );
-    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(1)));
+    send_and_expect_woken(&tx, 1, &mut tb, &mut b);
 
     // And again, now that B is the only branch.
     assert_pending!(poll(&mut tb, &mut b));
-    tx.unbounded_send(2).unwrap();
-    assert!(tb.is_woken());
-    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(2)));
+    send_and_expect_woken(&tx, 2, &mut tb, &mut b);
 }
 
 /// (a) with the other order: B polled first, then A, and A (the last
@@ -97,13 +121,7 @@ fn dropping_the_last_poller_does_not_strand_the_first() {
     assert_pending!(poll(&mut tb, &mut b));
     assert_pending!(poll(&mut ta, &mut a));
     drop(a);
-
-    tx.unbounded_send(10).unwrap();
-    assert!(
-        tb.is_woken(),
-        "the upstream woke, but the waiting branch was not woken"
-    );
-    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(10)));
+    send_and_expect_woken(&tx, 10, &mut tb, &mut b);
     // C never polled; it still gets the item.
     let mut tc = spawn(());
     assert_eq!(poll(&mut tc, &mut c), Poll::Ready(Some(10)));
@@ -113,26 +131,13 @@ fn dropping_the_last_poller_does_not_strand_the_first() {
 /// never polled again: B is woken and gets the item, and A gets it later.
 #[test]
 fn a_busy_poller_does_not_strand_a_waiting_branch() {
-    let (tx, branches) = channel_fanout(2, 4);
-    let [mut a, mut b] = two(branches);
-    let (mut ta, mut tb) = (spawn(()), spawn(()));
-
-    assert_pending!(poll(&mut ta, &mut a));
-    assert_pending!(poll(&mut tb, &mut b));
-
-    tx.unbounded_send(1).unwrap();
-    assert!(
-        tb.is_woken(),
-        "the upstream woke, but the waiting branch was not woken"
-    );
-    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(1)));
+    let (tx, [mut a, mut b], [mut ta, mut tb]) = two_waiting_on_a_channel();
+    send_and_expect_woken(&tx, 1, &mut tb, &mut b);
 
     // B goes on alone while A is busy elsewhere: every item wakes it.
     for item in 2..=4 {
         assert_pending!(poll(&mut tb, &mut b));
-        tx.unbounded_send(item).unwrap();
-        assert!(tb.is_woken(), "item {item} did not wake B");
-        assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(item)));
+        send_and_expect_woken(&tx, item, &mut tb, &mut b);
     }
 
     // A returned `Pending` and its item has arrived: it must have been woken.
@@ -159,12 +164,7 @@ fn a_cancelled_next_does_not_strand_a_waiting_branch_nor_lose_the_item() {
 
     let mut tb = spawn(());
     assert_pending!(poll(&mut tb, &mut b));
-    tx.unbounded_send(7).unwrap();
-    assert!(
-        tb.is_woken(),
-        "the upstream woke, but the waiting branch was not woken"
-    );
-    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(7)));
+    send_and_expect_woken(&tx, 7, &mut tb, &mut b);
 
     let mut next_a = spawn(a.next());
     assert_eq!(next_a.poll(), Poll::Ready(Some(7)));
@@ -256,9 +256,7 @@ fn a_branch_waiting_for_room_is_woken_when_the_slowest_reads() {
     let [mut fast, mut slow] = two(stream::iter(0..10u32).fanout(2, 2));
     let (mut tf, mut ts) = (spawn(()), spawn(()));
 
-    assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(0)));
-    assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(1)));
-    assert_pending!(poll(&mut tf, &mut fast));
+    read_until_pending(&mut tf, &mut fast, 0..2);
     assert!(!tf.is_woken());
 
     for item in 0..8 {
@@ -280,10 +278,7 @@ fn a_branch_waiting_for_room_is_woken_when_the_slowest_is_dropped() {
     let (mut tf, mut ts) = (spawn(()), spawn(()));
 
     assert_eq!(poll(&mut ts, &mut slow), Poll::Ready(Some(0)));
-    for item in 0..4 {
-        assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(item)));
-    }
-    assert_pending!(poll(&mut tf, &mut fast));
+    read_until_pending(&mut tf, &mut fast, 0..4);
     drop(slow);
     assert!(
         tf.is_woken(),
@@ -302,9 +297,7 @@ fn room_freed_by_the_last_reader_of_the_oldest_item_wakes_the_waiter() {
     let [mut fast, mut slow1, mut slow2] = three(stream::iter(0..10u32).fanout(3, 2));
     let (mut tf, mut t1, mut t2) = (spawn(()), spawn(()), spawn(()));
 
-    assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(0)));
-    assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(1)));
-    assert_pending!(poll(&mut tf, &mut fast));
+    read_until_pending(&mut tf, &mut fast, 0..2);
 
     assert_eq!(poll(&mut t1, &mut slow1), Poll::Ready(Some(0)));
     if tf.is_woken() {
@@ -349,8 +342,7 @@ fn a_room_waiter_gets_its_items_in_order_once_the_slow_branch_reads() {
 
     tx.unbounded_send(1).unwrap();
     tx.unbounded_send(2).unwrap();
-    assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(Some(1)));
-    assert_pending!(poll(&mut tf, &mut fast));
+    read_until_pending(&mut tf, &mut fast, 1..2);
     drop(tx);
     if tf.is_woken() {
         assert_pending!(poll(&mut tf, &mut fast), "the buffer is still full");
@@ -407,8 +399,7 @@ fn the_newest_waker_is_woken_when_waiting_for_room() {
     let [mut fast, mut slow] = two(stream::iter(0..10u32).fanout(2, 1));
     let (mut task_a, mut task_b, mut ts) = (spawn(()), spawn(()), spawn(()));
 
-    assert_eq!(poll(&mut task_a, &mut fast), Poll::Ready(Some(0)));
-    assert_pending!(poll(&mut task_a, &mut fast));
+    read_until_pending(&mut task_a, &mut fast, 0..1);
     assert_pending!(poll(&mut task_b, &mut fast));
     assert_eq!(poll(&mut ts, &mut slow), Poll::Ready(Some(0)));
     assert!(task_b.is_woken(), "the branch's newest waker was not woken");
@@ -438,13 +429,9 @@ fn repolling_with_many_tasks_wakes_the_last_one() {
 /// also after the original is dropped.
 #[test]
 fn a_clone_of_a_waiting_branch_waits_with_its_own_waker() {
-    let (tx, branches) = channel_fanout(2, 4);
-    let [mut a, mut b] = two(branches);
-    let (mut ta, mut tb, mut tc) = (spawn(()), spawn(()), spawn(()));
-
-    assert_pending!(poll(&mut ta, &mut a));
-    assert_pending!(poll(&mut tb, &mut b));
+    let (tx, [a, mut b], [_, mut tb]) = two_waiting_on_a_channel();
     let mut c = a.clone();
+    let mut tc = spawn(());
     assert_pending!(poll(&mut tc, &mut c));
     drop(a);
 
@@ -647,6 +634,25 @@ impl Gate {
     fn no_more_events(&self) {
         assert!(self.events.try_recv().is_err(), "unexpected upstream poll");
     }
+
+    /// Polls `branch` on another thread (from a fresh task) and, once that
+    /// poll has entered the upstream's `poll_next`, runs `during` on this
+    /// one; returns the other thread's poll result.
+    fn poll_inside<S>(&self, branch: &mut Branch<S>, during: impl FnOnce()) -> Poll<Option<S::Item>>
+    where
+        S: Stream + Send,
+        S::Item: Clone + Send,
+    {
+        thread::scope(|scope| {
+            let poller = scope.spawn(move || {
+                let mut task = spawn(());
+                poll(&mut task, branch)
+            });
+            self.expect("entered");
+            during();
+            poller.join().expect("the polling thread panicked")
+        })
+    }
 }
 
 /// An upstream whose `poll_next` reports `"entered"`, then does what the
@@ -682,77 +688,54 @@ fn gated() -> (impl Stream<Item = u32> + Send + Unpin, Gate) {
     )
 }
 
-/// Polls `branch` on another thread (from a fresh task) while `during` runs
-/// on this one, and returns the other thread's poll result.
-fn poll_on_other_thread<S>(branch: &mut Branch<S>, during: impl FnOnce()) -> Poll<Option<S::Item>>
-where
-    S: Stream + Send,
-    S::Item: Clone + Send,
-{
-    thread::scope(|scope| {
-        let poller = scope.spawn(move || {
-            let mut task = spawn(());
-            poll(&mut task, branch)
-        });
-        during();
-        poller.join().expect("the polling thread panicked")
-    })
+/// A gated upstream fanned out into two branches, A and B, of capacity 4.
+fn gated_pair() -> (Gate, [Branch<impl Stream<Item = u32> + Send + Unpin>; 2]) {
+    let (upstream, gate) = gated();
+    (gate, two(upstream.fanout(2, 4)))
+}
+
+/// B polls while A is inside the upstream's `poll_next`, which then returns
+/// `outcome` (an item or the end): B is woken, and reads the same outcome
+/// from the buffer without polling the upstream. `what` says what happened.
+fn a_branch_parked_during_a_poll_is_woken_by(outcome: Poll<Option<u32>>, what: &str) {
+    let (gate, [mut a, mut b]) = gated_pair();
+    let mut tb = spawn(());
+
+    let polled = gate.poll_inside(&mut a, || {
+        assert_pending!(poll(&mut tb, &mut b));
+        assert!(!tb.is_woken());
+        gate.step(Step::Return(outcome));
+    });
+    assert_eq!(polled, outcome);
+    assert!(
+        tb.is_woken(),
+        "{what}, but B, parked during the poll, was not woken"
+    );
+    assert_eq!(poll(&mut tb, &mut b), outcome);
+    gate.no_more_events();
 }
 
 /// B polls while A is inside the upstream's `poll_next`; the item A gets
 /// wakes B, which reads it from the buffer without polling the upstream.
 #[test]
 fn a_branch_parked_during_another_branchs_poll_is_woken_by_the_item() {
-    let (upstream, gate) = gated();
-    let [mut a, mut b] = two(upstream.fanout(2, 4));
-    let mut tb = spawn(());
-
-    let polled = poll_on_other_thread(&mut a, || {
-        gate.expect("entered");
-        assert_pending!(poll(&mut tb, &mut b));
-        assert!(!tb.is_woken());
-        gate.step(Step::Return(Poll::Ready(Some(5))));
-    });
-    assert_eq!(polled, Poll::Ready(Some(5)));
-    assert!(
-        tb.is_woken(),
-        "A pushed an item, but B, parked during the poll, was not woken"
-    );
-    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(5)));
-    gate.no_more_events();
+    a_branch_parked_during_a_poll_is_woken_by(Poll::Ready(Some(5)), "A pushed an item");
 }
 
 /// B polls while A is inside the upstream's `poll_next`; the upstream ends.
 #[test]
 fn a_branch_parked_during_another_branchs_poll_is_woken_by_the_end() {
-    let (upstream, gate) = gated();
-    let [mut a, mut b] = two(upstream.fanout(2, 4));
-    let mut tb = spawn(());
-
-    let polled = poll_on_other_thread(&mut a, || {
-        gate.expect("entered");
-        assert_pending!(poll(&mut tb, &mut b));
-        gate.step(Step::Return(Poll::Ready(None)));
-    });
-    assert_eq!(polled, Poll::Ready(None));
-    assert!(
-        tb.is_woken(),
-        "the upstream ended, but B, parked during the poll, was not woken"
-    );
-    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(None));
-    gate.no_more_events();
+    a_branch_parked_during_a_poll_is_woken_by(Poll::Ready(None), "the upstream ended");
 }
 
 /// B parks while A is polling; the upstream returns `Pending` and later
 /// wakes its waker: B is woken even though A has been dropped since.
 #[test]
 fn a_branch_parked_during_a_poll_is_woken_after_the_poller_is_dropped() {
-    let (upstream, gate) = gated();
-    let [mut a, mut b] = two(upstream.fanout(2, 4));
+    let (gate, [mut a, mut b]) = gated_pair();
     let mut tb = spawn(());
 
-    let polled = poll_on_other_thread(&mut a, || {
-        gate.expect("entered");
+    let polled = gate.poll_inside(&mut a, || {
         assert_pending!(poll(&mut tb, &mut b));
         gate.step(Step::Return(Poll::Pending));
     });
@@ -767,8 +750,7 @@ fn a_branch_parked_during_a_poll_is_woken_after_the_poller_is_dropped() {
     );
 
     // B polls the upstream itself now.
-    let polled = poll_on_other_thread(&mut b, || {
-        gate.expect("entered");
+    let polled = gate.poll_inside(&mut b, || {
         gate.step(Step::Return(Poll::Ready(Some(6))));
     });
     assert_eq!(polled, Poll::Ready(Some(6)));
@@ -779,12 +761,10 @@ fn a_branch_parked_during_a_poll_is_woken_after_the_poller_is_dropped() {
 /// forever (A, the poller, may be busy elsewhere).
 #[test]
 fn a_wake_up_during_a_poll_before_a_branch_parked_is_not_lost() {
-    let (upstream, gate) = gated();
-    let [mut a, mut b] = two(upstream.fanout(2, 4));
+    let (gate, [mut a, mut b]) = gated_pair();
     let mut tb = spawn(());
 
-    let polled = poll_on_other_thread(&mut a, || {
-        gate.expect("entered");
+    let polled = gate.poll_inside(&mut a, || {
         gate.step(Step::Wake);
         gate.expect("woke");
         assert_pending!(poll(&mut tb, &mut b));
@@ -796,8 +776,7 @@ fn a_wake_up_during_a_poll_before_a_branch_parked_is_not_lost() {
         "the upstream woke during the poll, and B, parked after that, was never woken"
     );
 
-    let polled = poll_on_other_thread(&mut b, || {
-        gate.expect("entered");
+    let polled = gate.poll_inside(&mut b, || {
         gate.step(Step::Return(Poll::Ready(Some(9))));
     });
     assert_eq!(polled, Poll::Ready(Some(9)));
@@ -809,12 +788,10 @@ fn a_wake_up_during_a_poll_before_a_branch_parked_is_not_lost() {
 /// returns `Pending`: B is woken.
 #[test]
 fn a_wake_up_during_a_poll_after_a_branch_parked_wakes_it() {
-    let (upstream, gate) = gated();
-    let [mut a, mut b] = two(upstream.fanout(2, 4));
+    let (gate, [mut a, mut b]) = gated_pair();
     let mut tb = spawn(());
 
-    let polled = poll_on_other_thread(&mut a, || {
-        gate.expect("entered");
+    let polled = gate.poll_inside(&mut a, || {
         assert_pending!(poll(&mut tb, &mut b));
         gate.step(Step::Wake);
         gate.expect("woke");
@@ -888,8 +865,7 @@ fn a_waker_woken_by_the_upstream_may_drop_and_poll_branches() {
                 drop(c.lock().unwrap().take());
                 let mut b = b.lock().unwrap();
                 let b = b.as_mut().unwrap();
-                let polled = Pin::new(b)
-                    .poll_next(&mut Context::from_waker(futures::task::noop_waker_ref()));
+                let polled = poll_once(b);
                 *seen.lock().unwrap() =
                     Some(polled.map(|item| item.map(|t: support::Tracked| t.value)));
             })
@@ -904,8 +880,7 @@ fn a_waker_woken_by_the_upstream_may_drop_and_poll_branches() {
             "the waker did not run, or B did not get the item"
         );
         assert!(c.lock().unwrap().is_none());
-        let got =
-            Pin::new(&mut a).poll_next(&mut Context::from_waker(futures::task::noop_waker_ref()));
+        let got = poll_once(&mut a);
         assert_eq!(got.map(|item| item.map(|t| t.value)), Poll::Ready(Some(4)));
         drop((a, b, c));
         assert_eq!(tracker.live(), 0);
@@ -920,27 +895,19 @@ fn a_waker_woken_by_freed_room_may_poll_the_waiting_branch() {
         let [fast, mut slow] = two(stream::iter(0..4u32).fanout(2, 1));
         let fast = Arc::new(Mutex::new(fast));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let noop = || Context::from_waker(futures::task::noop_waker_ref());
 
-        assert_eq!(
-            Pin::new(&mut *fast.lock().unwrap()).poll_next(&mut noop()),
-            Poll::Ready(Some(0))
-        );
+        assert_eq!(poll_once(&mut *fast.lock().unwrap()), Poll::Ready(Some(0)));
         let waker = {
             let (fast, seen) = (Arc::clone(&fast), Arc::clone(&seen));
             ActionWaker::waker(move || {
-                let polled = Pin::new(&mut *fast.lock().unwrap())
-                    .poll_next(&mut Context::from_waker(futures::task::noop_waker_ref()));
+                let polled = poll_once(&mut *fast.lock().unwrap());
                 seen.lock().unwrap().push(polled);
             })
         };
         assert!(Pin::new(&mut *fast.lock().unwrap())
             .poll_next(&mut Context::from_waker(&waker))
             .is_pending());
-        assert_eq!(
-            Pin::new(&mut slow).poll_next(&mut noop()),
-            Poll::Ready(Some(0))
-        );
+        assert_eq!(poll_once(&mut slow), Poll::Ready(Some(0)));
         assert_eq!(*seen.lock().unwrap(), [Poll::Ready(Some(1))]);
     });
 }

@@ -1,14 +1,19 @@
 //! Instruments shared by the integration tests: items that count their
-//! clones and live copies, and upstreams that count their polls.
+//! clones and live copies, upstreams that count their polls or flag their
+//! drop, a deterministic pseudo-random generator, and small polling helpers.
 
 #![allow(dead_code)] // each test file uses a part of this module
 
+use std::any::Any;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::Stream;
+use futures::executor::block_on;
+use futures::future::join_all;
+use futures::task::noop_waker_ref;
+use futures::{Stream, StreamExt};
 
 /// Counters shared by every [`Tracked`] item made from one [`Tracker`].
 #[derive(Debug, Default)]
@@ -124,5 +129,176 @@ impl<S: Stream + Unpin> Stream for CountingPolls<S> {
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.inner.size_hint()
+    }
+}
+
+/// Polls `stream` once with a waker that does nothing.
+pub fn poll_once<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
+    stream.poll_next_unpin(&mut Context::from_waker(noop_waker_ref()))
+}
+
+/// Runs every branch to its end, concurrently on this thread, and returns
+/// what each one yielded, in the order of `branches`.
+pub fn collect_all<S: Stream>(branches: impl IntoIterator<Item = S>) -> Vec<Vec<S::Item>> {
+    block_on(join_all(
+        branches
+            .into_iter()
+            .map(|branch| branch.collect::<Vec<_>>()),
+    ))
+}
+
+/// The values of tracked items, in order.
+pub fn values(items: &[Tracked]) -> Vec<u64> {
+    items.iter().map(|item| item.value).collect()
+}
+
+/// The message of a caught panic, which must be a string.
+pub fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .expect("a string panic message")
+}
+
+/// Wraps a stream and records in a flag when it is dropped; dropping it
+/// twice fails the test.
+pub struct DropFlag<S> {
+    inner: S,
+    dropped: Arc<AtomicBool>,
+}
+
+impl<S> DropFlag<S> {
+    /// Wraps `inner`; the flag is set when the wrapper is dropped.
+    pub fn new(inner: S) -> (Self, Arc<AtomicBool>) {
+        let dropped = Arc::new(AtomicBool::new(false));
+        (
+            Self {
+                inner,
+                dropped: Arc::clone(&dropped),
+            },
+            dropped,
+        )
+    }
+}
+
+impl<S> Drop for DropFlag<S> {
+    fn drop(&mut self) {
+        assert!(!self.dropped.swap(true, Ordering::SeqCst), "dropped twice");
+    }
+}
+
+impl<S: Stream + Unpin> Stream for DropFlag<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+/// xorshift64*: a small deterministic pseudo-random generator, good enough
+/// for polling schedules. The same seed gives the same sequence.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        // Mix the seed so that nearby seeds give unrelated sequences; never 0.
+        let mut x = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Self((x ^ (x >> 31)) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// True with probability `percent` / 100.
+    pub fn percent(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// Bookkeeping for a test that polls `n` branches of `len` items by hand
+/// until each has returned `None`: what each has read, which have ended,
+/// and a guard that fails the test when the polling makes no progress.
+#[derive(Debug)]
+pub struct Progress {
+    /// Items each branch has read; each read the items `0..read[i]`.
+    pub read: Vec<u64>,
+    /// Which branches have returned `None`.
+    pub ended: Vec<bool>,
+    len: u64,
+    steps: usize,
+    max_steps: usize,
+}
+
+impl Progress {
+    pub fn new(n: usize, len: u64, max_steps: usize) -> Self {
+        Self {
+            read: vec![0; n],
+            ended: vec![false; n],
+            len,
+            steps: 0,
+            max_steps,
+        }
+    }
+
+    /// Whether some branch has not ended yet. Each call is a step; the test
+    /// fails at the `max_steps`th.
+    pub fn unfinished(&mut self) -> bool {
+        if self.ended.iter().all(|&ended| ended) {
+            return false;
+        }
+        self.steps += 1;
+        assert!(
+            self.steps < self.max_steps,
+            "no progress: read {:?}, ended {:?}",
+            self.read,
+            self.ended
+        );
+        true
+    }
+
+    /// Records that branch `i` yielded `value`, which must be its next item.
+    pub fn item(&mut self, i: usize, value: u64) {
+        assert!(!self.ended[i], "branch {i}: an item after None");
+        assert_eq!(value, self.read[i], "branch {i} out of order");
+        self.read[i] += 1;
+    }
+
+    /// Records that branch `i` returned `None`, which it may only after
+    /// every item.
+    pub fn end(&mut self, i: usize) {
+        assert_eq!(self.read[i], self.len, "branch {i} ended early");
+        self.ended[i] = true;
+    }
+
+    /// Whether some branch has returned `None`.
+    pub fn any_ended(&self) -> bool {
+        self.ended.iter().any(|&ended| ended)
+    }
+
+    /// Items read by the branch that has read the fewest.
+    pub fn slowest(&self) -> u64 {
+        *self.read.iter().min().unwrap()
+    }
+
+    /// Items read by the branch that has read the most.
+    pub fn fastest(&self) -> u64 {
+        *self.read.iter().max().unwrap()
     }
 }
