@@ -23,12 +23,17 @@ const CAPACITIES: [usize; 3] = [1, 16, 1024];
 /// Hang guard only: far above the time a combination takes.
 const HANG_GUARD: Duration = Duration::from_secs(120);
 
-/// Items per combination on tokio tasks.
-const ITEMS: u64 = 100_000;
+/// Items per combination on tokio tasks: a million in release builds (as
+/// `.ci/run` runs this file), fewer in debug builds, which are ~20 times slower.
+const ITEMS: u64 = if cfg!(debug_assertions) {
+    100_000
+} else {
+    1_000_000
+};
 /// Items per combination on OS threads, which park and unpark on every wait
-/// and so are much slower: fewer items, to keep the file under ~20 s in a
-/// debug build on two cores.
-const THREAD_ITEMS: u64 = 25_000;
+/// (up to 8 threads on 2 cores): a fifth of the task count, to keep the
+/// file within CI's time.
+const THREAD_ITEMS: u64 = ITEMS / 5;
 
 /// Consumes `branch` on a tokio task, yielding at random if `yields`, and
 /// checks it gets `0..items` in order, then `None`.
