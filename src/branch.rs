@@ -6,8 +6,9 @@ use std::task::{Context, Poll};
 
 use futures_core::stream::{FusedStream, Stream};
 
-use crate::shared::Shared;
+use crate::shared::{Delivery, Shared};
 use crate::sync::Arc;
+use crate::{Lossy, Stats};
 
 /// Stream for the [`fanout`](crate::StreamExt::fanout) and
 /// [`tee`](crate::StreamExt::tee) methods: one of the branches that share an
@@ -44,10 +45,10 @@ use crate::sync::Arc;
 #[must_use = "streams do nothing unless polled"]
 pub struct Branch<S: Stream> {
     shared: Arc<Shared<S>>,
-    /// Unique among the branches of this fanout.
+    /// This branch's key in the shared registry of branches.
+    key: usize,
+    /// Unique among the branches of this fanout, never reused.
     id: usize,
-    /// The position of the next item this branch yields.
-    position: u64,
     /// This branch has yielded `None`.
     terminated: bool,
 }
@@ -63,11 +64,33 @@ impl<S: Stream> Branch<S> {
         (0..branches)
             .map(|id| Self {
                 shared: Arc::clone(&shared),
+                key: id,
                 id,
-                position: 0,
                 terminated: false,
             })
             .collect()
+    }
+
+    /// Polls for the next item, or, for a lossy branch, the next report of
+    /// missed items.
+    pub(crate) fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery<S::Item>>>
+    where
+        S::Item: Clone,
+    {
+        if self.terminated {
+            return Poll::Ready(None);
+        }
+        let polled = self.shared.poll_next(self.key, cx);
+        if let Poll::Ready(None) = polled {
+            self.terminated = true;
+        }
+        polled
+    }
+
+    /// The bounds on the items this branch has still to yield, and whether
+    /// it has a report of missed items to yield first.
+    pub(crate) fn remaining(&self) -> ((usize, Option<usize>), bool) {
+        self.shared.size_hint(self.key)
     }
 
     /// Returns the number of items buffered that this branch has not read
@@ -89,7 +112,77 @@ impl<S: Stream> Branch<S> {
     /// });
     /// ```
     pub fn lag(&self) -> usize {
-        self.shared.lag(self.position)
+        self.shared.lag(self.key)
+    }
+
+    /// Returns this branch's id: unique among the branches of its fanout
+    /// (clones included), never reused, and the [`id`](crate::BranchStats::id)
+    /// of its entry in [`stats`](Branch::stats).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fanout::StreamExt as _;
+    /// use futures::stream;
+    ///
+    /// let (first, second) = stream::iter(0..3).tee(2);
+    /// let fork = first.clone();
+    /// assert_eq!([first.id(), second.id(), fork.id()], [0, 1, 2]);
+    /// ```
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// Returns a snapshot of the statistics of the whole fanout: the buffer,
+    /// the upstream, and every live branch, so that any branch can tell which
+    /// one holds the upstream back.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fanout::StreamExt as _;
+    /// use futures::{executor::block_on, stream, StreamExt};
+    ///
+    /// let (mut fast, slow) = stream::iter(0..10).tee(3);
+    /// block_on(async {
+    ///     for _ in 0..3 {
+    ///         fast.next().await;
+    ///     }
+    /// });
+    /// let stats = fast.stats();
+    /// assert_eq!((stats.buffered, stats.pulled), (3, 3));
+    /// assert_eq!(stats.slowest().unwrap().id, slow.id());
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Turns this branch into a [`Lossy`] one, which never holds the other
+    /// branches back: when the buffer is full and only lossy branches are at
+    /// its oldest item, they give that item up, and later report how many
+    /// items they missed as an `Err(Lagged(k))`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fanout::{Lagged, StreamExt as _};
+    /// use futures::{executor::block_on, stream, StreamExt};
+    ///
+    /// let (mut main, dashboard) = stream::iter(0..10).tee(4);
+    /// let mut dashboard = dashboard.into_lossy();
+    /// block_on(async {
+    ///     // `main` does not wait for the idle dashboard.
+    ///     for expected in 0..10 {
+    ///         assert_eq!(main.next().await, Some(expected));
+    ///     }
+    ///     // The dashboard missed the oldest items and reads the last 4.
+    ///     assert_eq!(dashboard.next().await, Some(Err(Lagged(6))));
+    ///     assert_eq!(dashboard.next().await, Some(Ok(6)));
+    /// });
+    /// ```
+    pub fn into_lossy(self) -> Lossy<S> {
+        self.shared.make_lossy(self.key);
+        Lossy::new(self)
     }
 
     /// Returns the capacity of the buffer this branch shares with its
@@ -117,19 +210,18 @@ where
     type Item = S::Item;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
-        let this = self.get_mut();
-        if this.terminated {
-            return Poll::Ready(None);
-        }
-        let polled = this.shared.poll_next(this.id, &mut this.position, cx);
-        if let Poll::Ready(None) = polled {
-            this.terminated = true;
-        }
-        polled
+        self.get_mut().poll_delivery(cx).map(|delivery| {
+            delivery.map(|delivery| match delivery {
+                Delivery::Item(item) => item,
+                Delivery::Missed(_) => {
+                    unreachable!("a branch with backpressure never misses items")
+                }
+            })
+        })
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.shared.size_hint(self.position)
+        self.remaining().0
     }
 }
 
@@ -148,10 +240,11 @@ impl<S: Stream> Clone for Branch<S> {
     /// the same remaining items, and from now on holds the buffer like any
     /// other branch.
     fn clone(&self) -> Self {
+        let (key, id) = self.shared.fork(self.key);
         Self {
             shared: Arc::clone(&self.shared),
-            id: self.shared.fork(self.position),
-            position: self.position,
+            key,
+            id,
             terminated: self.terminated,
         }
     }
@@ -159,7 +252,7 @@ impl<S: Stream> Clone for Branch<S> {
 
 impl<S: Stream> Drop for Branch<S> {
     fn drop(&mut self) {
-        self.shared.release(self.id, self.position);
+        self.shared.release(self.key);
     }
 }
 
@@ -167,7 +260,7 @@ impl<S: Stream> fmt::Debug for Branch<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Branch")
             .field("id", &self.id)
-            .field("position", &self.position)
+            .field("position", &self.shared.position(self.key))
             .field("capacity", &self.capacity())
             .field("terminated", &self.terminated)
             .finish_non_exhaustive()

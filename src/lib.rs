@@ -137,13 +137,18 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod branch;
+mod lossy;
+mod registry;
 mod shared;
+mod stats;
 mod stream_ext;
 mod sync;
 mod upstream_signal;
 mod waiters;
 
 pub use branch::Branch;
+pub use lossy::{Lagged, Lossy};
+pub use stats::{BranchStats, Stats};
 pub use stream_ext::{fanout, StreamExt};
 
 /// The README's examples, compiled and run as doctests.

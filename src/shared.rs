@@ -3,7 +3,8 @@
 //! # Algorithm
 //!
 //! Items are numbered by *position*, 0 for the first item the upstream
-//! yields. Each branch keeps the position of the next item it will read. The
+//! yields. Each branch's record in the [`Registry`] keeps the position of the
+//! next item it will read. The
 //! buffer holds the items from `head` (the oldest position some live branch
 //! has not read) up to `head + slots.len()` (the next position the upstream
 //! will yield), and each slot counts the live branches that have not read it
@@ -20,6 +21,9 @@
 //! 2. It is at the end of the buffer and the buffer holds `capacity` items:
 //!    it waits for room. The slowest branch frees room when it reads the
 //!    oldest slot, or a dropped branch frees it by letting go of its slots.
+//!    If only lossy branches are at the oldest position, nobody waits: they
+//!    give up that slot (each counts one missed item and moves past it), and
+//!    the poller goes on as in case 4.
 //! 3. It is at the end and another branch is polling the upstream: it waits
 //!    for the upstream (see [`UpstreamSignal`]).
 //! 4. It is at the end and there is room: it takes the upstream out of the
@@ -53,13 +57,26 @@
 //! pushes an item, ends or wakes the upstream) takes the registered wakers
 //! under that lock as well, so no wake-up falls between the two.
 
+//! # Statistics
+//!
+//! Counters (items pulled, delivered, missed, the high-water mark) are
+//! updated under the lock that is held anyway. The time a branch holds the
+//! upstream back is measured only at transitions: when the buffer becomes
+//! full, every branch at the oldest position starts a stall; a branch ends
+//! its stall when it reads past the oldest position, and every stall ends
+//! when the buffer stops being full. The clock is read only while the buffer
+//! is full.
+
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use futures_core::Stream;
 
+use crate::registry::Registry;
+use crate::stats::Stats;
 use crate::sync::{lock, Mutex, MutexGuard};
 use crate::upstream_signal::{AfterPending, UpstreamSignal};
 use crate::waiters::{Waiters, Wakeups};
@@ -67,9 +84,19 @@ use crate::waiters::{Waiters, Wakeups};
 /// A stream's `size_hint`: lower and upper bounds on the items it has left.
 type SizeHint = (usize, Option<usize>);
 
+/// What a branch gets from a poll that does not wait.
+#[derive(Debug)]
+pub(crate) enum Delivery<T> {
+    /// The next item.
+    Item(T),
+    /// A lossy branch gave up this many items since it last said so.
+    Missed(u64),
+}
+
 /// The state that all branches of one fanout share.
 pub(crate) struct Shared<S: Stream> {
-    /// The most items the buffer may hold. At least 1.
+    /// The most items the buffer may hold. At least 1. (A copy of
+    /// `State::capacity`, readable without the lock.)
     capacity: usize,
     state: Mutex<State<S>>,
     /// Branches waiting for the upstream; the upstream's waker wakes them.
@@ -83,16 +110,20 @@ struct State<S: Stream> {
     /// capacity`; every slot has `unread_by >= 1`; `unread_by` never
     /// decreases from front to back.
     slots: VecDeque<Slot<S::Item>>,
+    capacity: usize,
     /// The position of `slots[0]`: every live branch is at `head` or later,
     /// and at `head + slots.len()` at the latest.
     head: u64,
-    /// The number of live branches; the readers a newly pushed item waits for.
-    branches: usize,
-    /// The id the next branch created by cloning gets. Ids are never reused.
-    next_id: usize,
+    /// The live branches. A slot's `unread_by` is the number of them at its
+    /// position or before.
+    branches: Registry,
     upstream: Upstream<S>,
     /// The upstream's `size_hint` after its latest poll.
     upstream_hint: SizeHint,
+    /// Items taken from the upstream so far: `head + slots.len()`.
+    pulled: u64,
+    /// The most items ever buffered at once.
+    high_water: usize,
     /// Branches at the end of a full buffer. Woken whenever a slot is freed.
     waiting_for_room: Waiters,
     /// Wakers taken out of a list under this lock, to be woken when it is
@@ -120,9 +151,12 @@ enum Upstream<S> {
     Panicked,
 }
 
+/// The buffer is full and backpressure branches hold its oldest slot.
+struct NoRoom;
+
 impl<S: Stream> Shared<S> {
-    /// Wraps `upstream` for `branches` branches with ids `0..branches`.
-    /// Polls nothing.
+    /// Wraps `upstream` for `branches` branches with keys and ids
+    /// `0..branches`. Polls nothing.
     pub(crate) fn new(upstream: S, branches: usize, capacity: usize) -> Self {
         let (signal, upstream_waker) = UpstreamSignal::new();
         let upstream_hint = upstream.size_hint();
@@ -130,11 +164,13 @@ impl<S: Stream> Shared<S> {
             capacity,
             state: Mutex::new(State {
                 slots: VecDeque::new(),
+                capacity,
                 head: 0,
-                branches,
-                next_id: branches,
+                branches: Registry::new(branches),
                 upstream: Upstream::Idle(Box::pin(upstream)),
                 upstream_hint,
+                pulled: 0,
+                high_water: 0,
                 waiting_for_room: Waiters::default(),
                 due: Wakeups::default(),
             }),
@@ -152,25 +188,28 @@ impl<S: Stream> Shared<S> {
         Locked(Some(lock(&self.state)))
     }
 
-    /// Registers a new branch at `position`, the position of an existing live
-    /// branch, and returns its id.
-    pub(crate) fn fork(&self, position: u64) -> usize {
+    /// Registers a new branch where branch `key` is, lossy if it is; returns
+    /// the new branch's key and id.
+    pub(crate) fn fork(&self, key: usize) -> (usize, usize) {
         let mut state = self.lock_state();
-        let id = state.next_id;
-        state.next_id = id.checked_add(1).expect("fanout: too many branches");
-        state.branches += 1;
+        let source = state.branches.get(key);
+        let (position, lossy) = (source.position, source.lossy);
+        let (fork, id) = state.branches.insert(position, lossy);
         let first_unread = state.index_of(position);
         for slot in state.slots.range_mut(first_unread..) {
             slot.unread_by += 1;
         }
-        id
+        if state.is_full() && first_unread == 0 {
+            state.branches.get_mut(fork).start_stall(Instant::now());
+        }
+        (fork, id)
     }
 
-    /// Unregisters branch `id` at `position`: its unread slots are released
-    /// and the branches waiting for the room this frees are woken.
-    pub(crate) fn release(&self, id: usize, position: u64) {
+    /// Unregisters branch `key`: its unread slots are released and the
+    /// branches waiting for the room this frees are woken.
+    pub(crate) fn release(&self, key: usize) {
         let mut state = self.lock_state();
-        state.branches -= 1;
+        let position = state.branches.remove(key).position;
         let first_unread = state.index_of(position);
         for slot in state.slots.range_mut(first_unread..) {
             slot.unread_by -= 1;
@@ -179,29 +218,64 @@ impl<S: Stream> Shared<S> {
         while state.slots.front().is_some_and(|slot| slot.unread_by == 0) {
             freed.extend(state.pop_front());
         }
-        let replaced = (state.waiting_for_room.remove(id), self.signal.remove(id));
+        let replaced = (state.waiting_for_room.remove(key), self.signal.remove(key));
         drop(state);
         drop(replaced);
         drop(freed);
     }
 
-    /// The number of buffered items at `position` or later.
-    pub(crate) fn lag(&self, position: u64) -> usize {
-        self.lock_state().buffered_from(position)
+    /// Makes branch `key` lossy.
+    pub(crate) fn make_lossy(&self, key: usize) {
+        self.lock_state().branches.get_mut(key).lossy = true;
     }
 
-    /// The bounds on the items a branch at `position` has still to yield.
-    pub(crate) fn size_hint(&self, position: u64) -> SizeHint {
+    /// The position of the next item branch `key` yields.
+    pub(crate) fn position(&self, key: usize) -> u64 {
+        self.lock_state().branches.get(key).position
+    }
+
+    /// The number of buffered items branch `key` has not read.
+    pub(crate) fn lag(&self, key: usize) -> usize {
         let state = self.lock_state();
-        let buffered = state.buffered_from(position);
+        state.buffered_from(state.branches.get(key).position)
+    }
+
+    /// The bounds on the items branch `key` has still to yield, and whether
+    /// it has a gap to report first.
+    pub(crate) fn size_hint(&self, key: usize) -> (SizeHint, bool) {
+        let state = self.lock_state();
+        let record = state.branches.get(key);
+        let buffered = state.buffered_from(record.position);
         let (lower, upper) = match state.upstream {
             Upstream::Done | Upstream::Panicked => (0, Some(0)),
             Upstream::Idle(_) | Upstream::Polling => state.upstream_hint,
         };
-        (
+        let hint = (
             lower.saturating_add(buffered),
             upper.and_then(|upper| upper.checked_add(buffered)),
-        )
+        );
+        (hint, record.unreported_missed > 0)
+    }
+
+    /// A snapshot of the fanout's statistics.
+    pub(crate) fn stats(&self) -> Stats {
+        let now = Instant::now();
+        let state = self.lock_state();
+        let end = state.pulled;
+        let mut branches: Vec<_> = state
+            .branches
+            .iter()
+            .map(|record| record.stats(end, now))
+            .collect();
+        branches.sort_unstable_by_key(|branch| branch.id);
+        Stats {
+            capacity: state.capacity,
+            buffered: state.slots.len(),
+            high_water: state.high_water,
+            pulled: state.pulled,
+            upstream_done: matches!(state.upstream, Upstream::Done),
+            branches,
+        }
     }
 }
 
@@ -210,19 +284,19 @@ where
     S: Stream,
     S::Item: Clone,
 {
-    /// Polls for the item at `*position` on behalf of branch `id`, and moves
-    /// `*position` past it when it is yielded.
+    /// Polls for the next delivery to branch `key`.
     pub(crate) fn poll_next(
         &self,
-        id: usize,
-        position: &mut u64,
+        key: usize,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<S::Item>> {
+    ) -> Poll<Option<Delivery<S::Item>>> {
         let mut state = self.lock_state();
-        if let Some(item) = state.read(*position) {
-            *position += 1;
+        if let Some(missed) = state.take_unreported_missed(key) {
+            return Poll::Ready(Some(Delivery::Missed(missed)));
+        }
+        if let Some(item) = state.read(key) {
             drop(state);
-            return Poll::Ready(Some(item));
+            return Poll::Ready(Some(Delivery::Item(item)));
         }
         let replaced = match state.upstream {
             Upstream::Done => return Poll::Ready(None),
@@ -230,31 +304,31 @@ where
                 drop(state);
                 panic!("fanout: the upstream stream panicked while another branch polled it; every item it yielded before has been delivered to this branch");
             }
-            Upstream::Polling => self.signal.park(id, cx.waker()),
-            Upstream::Idle(_) if state.slots.len() >= self.capacity => {
-                state.waiting_for_room.register(id, cx.waker())
-            }
-            Upstream::Idle(_) => {
-                let upstream = state.take_upstream();
-                self.signal.start_poll();
-                drop(state);
-                return self.poll_upstream(id, position, upstream, cx);
-            }
+            Upstream::Polling => self.signal.park(key, cx.waker()),
+            Upstream::Idle(_) => match state.make_room() {
+                Err(NoRoom) => state.waiting_for_room.register(key, cx.waker()),
+                Ok(evicted) => {
+                    let upstream = state.take_upstream();
+                    self.signal.start_poll();
+                    drop(state);
+                    drop(evicted);
+                    return self.poll_upstream(key, upstream, cx);
+                }
+            },
         };
         drop(state);
         drop(replaced);
         Poll::Pending
     }
 
-    /// Polls the upstream, which this branch has taken out of the state, and
+    /// Polls the upstream, which branch `key` has taken out of the state, and
     /// puts it back (or records its end) with what it yielded.
     fn poll_upstream(
         &self,
-        id: usize,
-        position: &mut u64,
+        key: usize,
         upstream: Pin<Box<S>>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<S::Item>> {
+    ) -> Poll<Option<Delivery<S::Item>>> {
         let mut poll = UpstreamPoll {
             shared: self,
             upstream: Some(upstream),
@@ -268,14 +342,12 @@ where
             Poll::Ready(Some(item)) => {
                 state.upstream = Upstream::Idle(upstream);
                 state.due.append(self.signal.take_all());
-                let unread_by = state.branches;
-                state.slots.push_back(Slot { item, unread_by });
+                state.push(item);
                 let item = state
-                    .read(*position)
+                    .read(key)
                     .expect("the poller reads the item it just pushed");
-                *position += 1;
                 drop(state);
-                Poll::Ready(Some(item))
+                Poll::Ready(Some(Delivery::Item(item)))
             }
             Poll::Ready(None) => {
                 state.upstream = Upstream::Done;
@@ -286,7 +358,7 @@ where
             }
             Poll::Pending => {
                 state.upstream = Upstream::Idle(upstream);
-                match self.signal.park_after_pending(id, cx.waker()) {
+                match self.signal.park_after_pending(key, cx.waker()) {
                     AfterPending::Parked(replaced) => {
                         drop(state);
                         drop(replaced);
@@ -315,6 +387,10 @@ impl<S: Stream> State<S> {
         self.slots.len() - self.index_of(position)
     }
 
+    fn is_full(&self) -> bool {
+        self.slots.len() >= self.capacity
+    }
+
     /// Takes the idle upstream out of the state for a poll.
     fn take_upstream(&mut self) -> Pin<Box<S>> {
         match std::mem::replace(&mut self.upstream, Upstream::Polling) {
@@ -323,14 +399,60 @@ impl<S: Stream> State<S> {
         }
     }
 
+    /// Buffers a new item, unread by every live branch.
+    fn push(&mut self, item: S::Item) {
+        let unread_by = self.branches.len();
+        self.slots.push_back(Slot { item, unread_by });
+        self.pulled += 1;
+        self.high_water = self.high_water.max(self.slots.len());
+        if self.is_full() {
+            let now = Instant::now();
+            for record in self.branches.at_mut(self.head) {
+                record.start_stall(now);
+            }
+        }
+    }
+
     /// Pops the oldest slot, returning its item. The branches waiting for
-    /// room are due to be woken.
+    /// room are due to be woken, and every stall ends.
     fn pop_front(&mut self) -> Option<S::Item> {
+        if self.is_full() {
+            let now = Instant::now();
+            for record in self.branches.iter_mut() {
+                record.end_stall(now);
+            }
+        }
         let slot = self.slots.pop_front()?;
         self.head += 1;
         let waiting = self.waiting_for_room.take_all();
         self.due.append(waiting);
         Some(slot.item)
+    }
+
+    /// Makes room for one more item if the buffer is full and only lossy
+    /// branches hold its oldest slot: they give it up. Returns the item given
+    /// up, to be dropped outside the lock.
+    fn make_room(&mut self) -> Result<Option<S::Item>, NoRoom> {
+        if !self.is_full() {
+            return Ok(None);
+        }
+        let head = self.head;
+        if self.branches.at(head).any(|record| !record.lossy) {
+            return Err(NoRoom);
+        }
+        for record in self.branches.at_mut(head) {
+            record.give_up_next();
+        }
+        Ok(self.pop_front())
+    }
+
+    /// Takes the count of items branch `key` gave up since it last said so.
+    fn take_unreported_missed(&mut self, key: usize) -> Option<u64> {
+        let record = self.branches.get_mut(key);
+        match std::mem::take(&mut record.unreported_missed) {
+            0 => None,
+            missed => Some(missed),
+        }
     }
 }
 
@@ -339,23 +461,29 @@ where
     S: Stream,
     S::Item: Clone,
 {
-    /// Reads the item at `position` for one branch, if it is buffered: a
-    /// clone, or the item itself for its last reader, which frees its slot.
-    fn read(&mut self, position: u64) -> Option<S::Item> {
-        let index = self.index_of(position);
+    /// Reads the next item for branch `key`, if it is buffered: a clone, or
+    /// the item itself for its last reader, which frees its slot.
+    fn read(&mut self, key: usize) -> Option<S::Item> {
+        let index = self.index_of(self.branches.get(key).position);
         let slot = self.slots.get_mut(index)?;
-        if slot.unread_by > 1 {
+        let item = if slot.unread_by > 1 {
             // Cloned before anything changes, so a panicking `Clone` leaves
             // the state as it was.
             let item = slot.item.clone();
             slot.unread_by -= 1;
-            return Some(item);
-        }
-        debug_assert_eq!(index, 0, "only the oldest slot can have one reader left");
-        self.pop_front()
+            if index == 0 && self.is_full() {
+                // It leaves the oldest position; the others there still stall.
+                self.branches.get_mut(key).end_stall(Instant::now());
+            }
+            item
+        } else {
+            debug_assert_eq!(index, 0, "only the oldest slot can have one reader left");
+            self.pop_front()?
+        };
+        self.branches.get_mut(key).deliver_next();
+        Some(item)
     }
 }
-
 /// The upstream while one branch polls it. If its `poll_next` panics, the
 /// drop of this guard marks the upstream as panicked, wakes every waiting
 /// branch, so that none of them waits for a poll that will never end, and
