@@ -75,9 +75,13 @@ impl Wakeups {
 
 impl Drop for Wakeups {
     fn drop(&mut self) {
-        // One at a time, so that if a waker panics, the drop of `self` during
-        // the unwinding wakes the rest.
-        while let Some((_, waker)) = self.0.pop() {
+        if self.0.is_empty() {
+            return;
+        }
+        // The wakers move into a local of this same type: if one of them
+        // panics, the unwinding drops `rest`, which wakes the others.
+        let mut rest = Wakeups(std::mem::take(&mut self.0));
+        while let Some((_, waker)) = rest.0.pop() {
             waker.wake();
         }
     }
