@@ -218,15 +218,20 @@ impl<S: Stream> Shared<S> {
         while state.slots.front().is_some_and(|slot| slot.unread_by == 0) {
             freed.extend(state.pop_front());
         }
+        state.wake_if_room_can_be_made();
         let replaced = (state.waiting_for_room.remove(key), self.signal.remove(key));
         drop(state);
         drop(replaced);
         drop(freed);
     }
 
-    /// Makes branch `key` lossy.
+    /// Makes branch `key` lossy. If it held the oldest slot of a full
+    /// buffer, the branches waiting for room may now make room by evicting
+    /// that slot, so they are woken.
     pub(crate) fn make_lossy(&self, key: usize) {
-        self.lock_state().branches.get_mut(key).lossy = true;
+        let mut state = self.lock_state();
+        state.branches.get_mut(key).lossy = true;
+        state.wake_if_room_can_be_made();
     }
 
     /// The position of the next item branch `key` yields.
@@ -436,14 +441,28 @@ impl<S: Stream> State<S> {
         if !self.is_full() {
             return Ok(None);
         }
-        let head = self.head;
-        if self.branches.at(head).any(|record| !record.lossy) {
+        if !self.only_lossy_at_head() {
             return Err(NoRoom);
         }
-        for record in self.branches.at_mut(head) {
+        for record in self.branches.at_mut(self.head) {
             record.give_up_next();
         }
         Ok(self.pop_front())
+    }
+
+    /// Whether every branch at the oldest position is lossy, so that a branch
+    /// that needs room may evict the oldest slot.
+    fn only_lossy_at_head(&self) -> bool {
+        self.branches.at(self.head).all(|record| record.lossy)
+    }
+
+    /// Wakes the branches waiting for room if they no longer have to: the
+    /// buffer is full, but only lossy branches hold its oldest slot.
+    fn wake_if_room_can_be_made(&mut self) {
+        if self.is_full() && self.only_lossy_at_head() {
+            let waiting = self.waiting_for_room.take_all();
+            self.due.append(waiting);
+        }
     }
 
     /// Takes the count of items branch `key` gave up since it last said so.
@@ -471,19 +490,23 @@ where
             // the state as it was.
             let item = slot.item.clone();
             slot.unread_by -= 1;
-            if index == 0 && self.is_full() {
-                // It leaves the oldest position; the others there still stall.
-                self.branches.get_mut(key).end_stall(Instant::now());
-            }
             item
         } else {
             debug_assert_eq!(index, 0, "only the oldest slot can have one reader left");
             self.pop_front()?
         };
         self.branches.get_mut(key).deliver_next();
+        if index == 0 && self.is_full() {
+            // It left the oldest position of a full buffer without freeing
+            // the slot: its stall ends, and the branches still there may all
+            // be lossy now.
+            self.branches.get_mut(key).end_stall(Instant::now());
+            self.wake_if_room_can_be_made();
+        }
         Some(item)
     }
 }
+
 /// The upstream while one branch polls it. If its `poll_next` panics, the
 /// drop of this guard marks the upstream as panicked, wakes every waiting
 /// branch, so that none of them waits for a poll that will never end, and

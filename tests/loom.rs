@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use fanout::{Branch, StreamExt as _};
+use fanout::{Branch, Lagged, Lossy, StreamExt as _};
 use futures::{Stream, StreamExt};
 use loom::future::block_on;
 use loom::sync::{Arc, Mutex};
@@ -102,6 +102,24 @@ where
     S: Stream<Item = Item>,
 {
     block_on(branch.map(|item| *item).collect())
+}
+
+/// Reads a lossy branch to its end: the items it got, and the items it
+/// reported missed.
+fn read_all_lossy<S>(branch: Lossy<S>) -> (Vec<u32>, u64)
+where
+    S: Stream<Item = Item>,
+{
+    let deliveries: Vec<_> = block_on(branch.collect());
+    let mut received = Vec::new();
+    let mut missed = 0;
+    for delivery in deliveries {
+        match delivery {
+            Ok(item) => received.push(*item),
+            Err(Lagged(count)) => missed += count,
+        }
+    }
+    (received, missed)
 }
 
 fn spawn_reader<S>(branch: Branch<S>) -> thread::JoinHandle<Vec<u32>>
@@ -231,5 +249,31 @@ fn cloning_a_branch_while_another_thread_reads() {
         assert_eq!(read_all(original), [0, 1]);
         assert_eq!(reader.join().unwrap(), [0, 1]);
         assert_eq!(fork.join().unwrap(), [0, 1]);
+    });
+}
+
+#[test]
+fn a_lossy_branch_never_holds_back_a_concurrent_reader() {
+    model(|| {
+        let (main, tap) = ready_items(2).tee(1);
+        let tap = tap.into_lossy();
+        let tap = thread::spawn(move || read_all_lossy(tap));
+        assert_eq!(read_all(main), [0, 1]);
+        let (received, missed) = tap.join().unwrap();
+        assert_eq!(received.len() as u64 + missed, 2);
+        assert!(received.windows(2).all(|pair| pair[0] < pair[1]));
+    });
+}
+
+#[test]
+fn turning_the_slow_branch_lossy_frees_the_waiting_fast_one() {
+    model(|| {
+        let (fast, slow) = ready_items(2).tee(1);
+        let fast = spawn_reader(fast);
+        // Not read until `fast` is done: only becoming lossy can free it.
+        let tap = slow.into_lossy();
+        assert_eq!(fast.join().unwrap(), [0, 1]);
+        let (received, missed) = read_all_lossy(tap);
+        assert_eq!(received.len() as u64 + missed, 2);
     });
 }

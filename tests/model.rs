@@ -2,16 +2,17 @@
 //! against a reference model that is correct by construction.
 //!
 //! A program picks `n` and `cap`, then a sequence of operations: poll a
-//! branch (from its task, or from a new one), drop it, clone it, offer the
-//! upstream an item, wake the upstream for nothing, close it. The upstream is
+//! branch (from its task, or from a new one), drop it, clone it, make it
+//! lossy, offer the upstream an item, wake the upstream for nothing, close
+//! it. The upstream is
 //! scripted: it yields what was offered, returns `Pending` when nothing was,
 //! and wakes its waker when something changes, like a channel.
 //!
 //! The model keeps one position per branch and the count of items pulled from
 //! the upstream, and applies the capacity rule directly. After every step the
 //! test checks that:
-//! - every poll returns what the model returns: the same item, `Pending`, or
-//!   the end;
+//! - every poll returns what the model returns: the same item, the same
+//!   report of missed items, `Pending`, or the end;
 //! - the upstream yielded exactly as many items as the model pulled (so
 //!   never more than `cap` past the slowest branch), and is never polled after
 //!   its end;
@@ -20,6 +21,9 @@
 //! - a branch that returned `Pending` and was not woken since is one the
 //!   model says cannot make progress: no lost wake-ups;
 //! - once everything is dropped, no item is alive.
+//!
+//! The programs run on one thread, so no poll overlaps another: a branch
+//! waiting while another polls the upstream is the loom models' part.
 
 mod support;
 
@@ -28,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use fanout::{Branch, StreamExt as _};
+use fanout::{Branch, Lagged, Lossy, StreamExt as _};
 use futures::task::{waker, ArcWake};
 use futures::Stream;
 use proptest::prelude::*;
@@ -42,6 +46,7 @@ enum Op {
     PollFromNewTask(usize),
     Drop(usize),
     Clone(usize),
+    MakeLossy(usize),
     Offer,
     WakeUpstream,
     Close,
@@ -53,6 +58,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..8usize).prop_map(Op::PollFromNewTask),
         1 => (0..8usize).prop_map(Op::Drop),
         1 => (0..8usize).prop_map(Op::Clone),
+        1 => (0..8usize).prop_map(Op::MakeLossy),
         4 => Just(Op::Offer),
         1 => Just(Op::WakeUpstream),
         1 => Just(Op::Close),
@@ -115,29 +121,68 @@ impl ArcWake for WokenFlag {
     }
 }
 
+/// What a poll yields, as the model sees it.
+#[derive(Debug, PartialEq)]
+enum Yield {
+    Item(u64),
+    Missed(u64),
+}
+
+/// A branch under test, of either kind.
+enum Kind {
+    Backpressure(Branch<Upstream>),
+    Lossy(Lossy<Upstream>),
+}
+
 /// A branch under test, with the task it is polled from.
 struct Handle {
-    branch: Branch<Upstream>,
+    branch: Option<Kind>,
     flag: Arc<WokenFlag>,
     /// It returned `Pending` and has not been polled since.
     pending: bool,
 }
 
 impl Handle {
-    fn new(branch: Branch<Upstream>) -> Self {
+    fn new(branch: Kind) -> Self {
         Self {
-            branch,
+            branch: Some(branch),
             flag: Arc::default(),
             pending: false,
         }
     }
 
-    fn poll(&mut self) -> Poll<Option<u64>> {
+    fn poll(&mut self) -> Poll<Option<Yield>> {
         self.flag.0.store(false, Ordering::SeqCst);
         let waker = waker(Arc::clone(&self.flag));
-        let polled = Pin::new(&mut self.branch).poll_next(&mut Context::from_waker(&waker));
+        let mut cx = Context::from_waker(&waker);
+        let polled = match self.branch.as_mut().expect("a live handle") {
+            Kind::Backpressure(branch) => Pin::new(branch)
+                .poll_next(&mut cx)
+                .map(|item| item.map(|item| Yield::Item(item.value))),
+            Kind::Lossy(branch) => Pin::new(branch).poll_next(&mut cx).map(|item| {
+                item.map(|item| match item {
+                    Ok(item) => Yield::Item(item.value),
+                    Err(Lagged(missed)) => Yield::Missed(missed),
+                })
+            }),
+        };
         self.pending = polled.is_pending();
-        polled.map(|item| item.map(|item| item.value))
+        polled
+    }
+
+    fn fork(&self) -> Self {
+        Self::new(match self.branch.as_ref().expect("a live handle") {
+            Kind::Backpressure(branch) => Kind::Backpressure(branch.clone()),
+            Kind::Lossy(branch) => Kind::Lossy(branch.clone()),
+        })
+    }
+
+    /// Makes the branch lossy; the task it is polled from stays the same.
+    fn make_lossy(&mut self) {
+        self.branch = self.branch.take().map(|branch| match branch {
+            Kind::Backpressure(branch) => Kind::Lossy(branch.into_lossy()),
+            lossy => lossy,
+        });
     }
 
     /// Whether it waits for a wake-up that has not come.
@@ -156,35 +201,69 @@ struct Model {
     closed: bool,
     /// Some branch saw the end of the upstream.
     ended: bool,
-    /// The next position of each live branch, in the order of `handles`.
-    positions: Vec<u64>,
+    /// Each live branch, in the order of `handles`.
+    branches: Vec<ModelBranch>,
+}
+
+#[derive(Clone, Copy)]
+struct ModelBranch {
+    /// The position of the next item it yields.
+    position: u64,
+    lossy: bool,
+    /// Items given up since it last reported them.
+    unreported: u64,
 }
 
 impl Model {
     fn slowest(&self) -> Option<u64> {
-        self.positions.iter().copied().min()
+        self.branches.iter().map(|branch| branch.position).min()
     }
 
     fn buffered(&self) -> u64 {
         self.slowest().map_or(0, |slowest| self.pulled - slowest)
     }
 
-    fn poll(&mut self, branch: usize) -> Poll<Option<u64>> {
-        let position = self.positions[branch];
-        if position < self.pulled {
-            self.positions[branch] += 1;
-            return Poll::Ready(Some(position));
+    /// Whether the upstream may be polled now: there is room, or the oldest
+    /// item is held by lossy branches only, which would give it up.
+    fn room_or_evictable(&self) -> bool {
+        let slowest = self.slowest();
+        self.buffered() < self.cap
+            || self
+                .branches
+                .iter()
+                .filter(|branch| Some(branch.position) == slowest)
+                .all(|branch| branch.lossy)
+    }
+
+    fn poll(&mut self, index: usize) -> Poll<Option<Yield>> {
+        let branch = self.branches[index];
+        if branch.unreported > 0 {
+            self.branches[index].unreported = 0;
+            return Poll::Ready(Some(Yield::Missed(branch.unreported)));
+        }
+        if branch.position < self.pulled {
+            self.branches[index].position += 1;
+            return Poll::Ready(Some(Yield::Item(branch.position)));
         }
         if self.ended {
             return Poll::Ready(None);
         }
-        if self.buffered() >= self.cap {
+        if !self.room_or_evictable() {
             return Poll::Pending;
+        }
+        if self.buffered() >= self.cap {
+            let slowest = self.slowest();
+            for branch in &mut self.branches {
+                if Some(branch.position) == slowest {
+                    branch.position += 1;
+                    branch.unreported += 1;
+                }
+            }
         }
         if self.pulled < self.offered {
             self.pulled += 1;
-            self.positions[branch] += 1;
-            return Poll::Ready(Some(position));
+            self.branches[index].position += 1;
+            return Poll::Ready(Some(Yield::Item(branch.position)));
         }
         if self.closed {
             self.ended = true;
@@ -194,11 +273,12 @@ impl Model {
     }
 
     /// Whether a poll of `branch` now would return something.
-    fn can_progress(&self, branch: usize) -> bool {
-        let position = self.positions[branch];
-        position < self.pulled
+    fn can_progress(&self, index: usize) -> bool {
+        let branch = self.branches[index];
+        branch.unreported > 0
+            || branch.position < self.pulled
             || self.ended
-            || (self.buffered() < self.cap && (self.pulled < self.offered || self.closed))
+            || (self.room_or_evictable() && (self.pulled < self.offered || self.closed))
     }
 }
 
@@ -208,7 +288,7 @@ fn run(n: usize, cap: usize, ops: &[Op]) -> Result<(), TestCaseError> {
     let mut handles: Vec<Handle> = Upstream(Arc::clone(&script))
         .fanout(n, cap)
         .into_iter()
-        .map(Handle::new)
+        .map(|branch| Handle::new(Kind::Backpressure(branch)))
         .collect();
     let mut model = Model {
         cap: cap as u64,
@@ -216,7 +296,14 @@ fn run(n: usize, cap: usize, ops: &[Op]) -> Result<(), TestCaseError> {
         pulled: 0,
         closed: false,
         ended: false,
-        positions: vec![0; n],
+        branches: vec![
+            ModelBranch {
+                position: 0,
+                lossy: false,
+                unreported: 0,
+            };
+            n
+        ],
     };
 
     for (step, op) in ops.iter().enumerate() {
@@ -234,13 +321,21 @@ fn run(n: usize, cap: usize, ops: &[Op]) -> Result<(), TestCaseError> {
             Op::Drop(i) if live > 0 => {
                 let i = i % live;
                 drop(handles.remove(i));
-                model.positions.remove(i);
+                model.branches.remove(i);
             }
             Op::Clone(i) if live > 0 => {
                 let i = i % live;
-                let fork = Handle::new(handles[i].branch.clone());
+                let fork = handles[i].fork();
                 handles.push(fork);
-                model.positions.push(model.positions[i]);
+                model.branches.push(ModelBranch {
+                    unreported: 0,
+                    ..model.branches[i]
+                });
+            }
+            Op::MakeLossy(i) if live > 0 => {
+                let i = i % live;
+                handles[i].make_lossy();
+                model.branches[i].lossy = true;
             }
             Op::Offer if !model.closed => {
                 let item = tracker.item(model.offered);
@@ -287,7 +382,7 @@ fn run(n: usize, cap: usize, ops: &[Op]) -> Result<(), TestCaseError> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: if cfg!(debug_assertions) { 1_000 } else { 10_000 },
+        cases: if cfg!(debug_assertions) { 1_000 } else { 50_000 },
         ..ProptestConfig::default()
     })]
 
