@@ -73,6 +73,57 @@
 //! A branch is `Send` and `Sync` when the upstream is `Send` and its items
 //! are `Send`, and it is always `Unpin`.
 //!
+//! # Backpressure or lossy: choosing per branch
+//!
+//! A [`Branch`] applies backpressure: it never misses an item, and when it
+//! falls `cap` items behind, the upstream and every other branch wait for
+//! it. That is right for consumers whose output must be complete: a parser,
+//! an audit log, a metrics aggregator.
+//!
+//! A branch turned [`Lossy`] with [`Branch::into_lossy`] never makes anyone
+//! wait: when the buffer is full and only lossy branches are at its oldest
+//! item, they give that item up, and later yield `Err(Lagged(k))` with the
+//! number of items they missed. That is right for consumers that only want
+//! to be roughly up to date: a live dashboard, a sampler, a debug tap. Mix
+//! both kinds freely; backpressure branches are never skipped.
+//!
+//! ```
+//! use fanout::{Lagged, StreamExt as _};
+//! use futures::{executor::block_on, stream, StreamExt};
+//!
+//! let (audit, dashboard) = stream::iter(0..1000).tee(16);
+//! let dashboard = dashboard.into_lossy(); // may miss items, never slows `audit`
+//! assert_eq!(block_on(audit.count()), 1000);
+//! let seen: Vec<Result<i32, Lagged>> = block_on(dashboard.collect());
+//! assert!(matches!(seen[0], Err(Lagged(_))));
+//! ```
+//!
+//! # Finding the bottleneck
+//!
+//! With backpressure, a slow consumer no longer shows up as memory growth
+//! but as "everything is slow". [`Branch::stats`] answers which branch it is,
+//! from any branch: a [`Stats`] snapshot of the buffer (held now, high-water
+//! mark, items pulled) and of every branch (lag, items delivered and missed,
+//! and [`stalled_upstream`](BranchStats::stalled_upstream), the time it held
+//! the upstream back). Counters are kept under the lock the fanout takes
+//! anyway, and the clock is read only when the buffer becomes full or stops
+//! being full, never per item.
+//!
+//! ```
+//! use fanout::StreamExt as _;
+//! use futures::{executor::block_on, stream, StreamExt};
+//!
+//! let (mut parser, audit) = stream::iter(0..100).tee(4);
+//! block_on(async {
+//!     for _ in 0..4 {
+//!         parser.next().await;
+//!     }
+//! });
+//! let stats = parser.stats();
+//! assert_eq!(stats.slowest().map(|branch| branch.id), Some(audit.id()));
+//! println!("{stats}"); // a table, one line per branch
+//! ```
+//!
 //! # Correctness
 //!
 //! The wake-up and memory logic is checked, not hoped for; `.ci/run` runs
