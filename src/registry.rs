@@ -43,6 +43,7 @@ impl BranchRecord {
     }
 
     /// Moves past the item it has just yielded.
+    #[inline]
     pub(crate) fn deliver_next(&mut self) {
         self.position += 1;
         self.delivered += 1;
@@ -134,15 +135,18 @@ impl Registry {
         record
     }
 
+    #[inline]
     pub(crate) fn get(&self, key: usize) -> &BranchRecord {
         self.records[key].as_ref().expect("a live branch's key")
     }
 
+    #[inline]
     pub(crate) fn get_mut(&mut self, key: usize) -> &mut BranchRecord {
         self.records[key].as_mut().expect("a live branch's key")
     }
 
     /// The number of live branches.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.records.len() - self.free.len()
     }

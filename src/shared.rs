@@ -296,10 +296,13 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Delivery<S::Item>>> {
         let mut state = self.lock_state();
-        if let Some(missed) = state.take_unreported_missed(key) {
+        let record = state.branches.get_mut(key);
+        if record.unreported_missed > 0 {
+            let missed = std::mem::take(&mut record.unreported_missed);
             return Poll::Ready(Some(Delivery::Missed(missed)));
         }
-        if let Some(item) = state.read(key) {
+        let position = record.position;
+        if let Some(item) = state.read(key, position) {
             drop(state);
             return Poll::Ready(Some(Delivery::Item(item)));
         }
@@ -346,17 +349,19 @@ where
         match polled {
             Poll::Ready(Some(item)) => {
                 state.upstream = Upstream::Idle(upstream);
-                state.due.append(self.signal.take_all());
+                self.signal.move_all_to(&mut state.due);
                 state.push(item);
+                let position = state.pulled - 1;
                 let item = state
-                    .read(key)
+                    .read(key, position)
                     .expect("the poller reads the item it just pushed");
+                state.start_stalls_if_full();
                 drop(state);
                 Poll::Ready(Some(Delivery::Item(item)))
             }
             Poll::Ready(None) => {
                 state.upstream = Upstream::Done;
-                state.due.append(self.signal.take_all());
+                self.signal.move_all_to(&mut state.due);
                 drop(state);
                 drop(upstream);
                 Poll::Ready(None)
@@ -410,6 +415,12 @@ impl<S: Stream> State<S> {
         self.slots.push_back(Slot { item, unread_by });
         self.pulled += 1;
         self.high_water = self.high_water.max(self.slots.len());
+    }
+
+    /// Called when the buffer may have become full (after a push and the
+    /// poller's own read, so that the poller is not counted as stalling):
+    /// the branches at the oldest position start stalling.
+    fn start_stalls_if_full(&mut self) {
         if self.is_full() {
             let now = Instant::now();
             for record in self.branches.at_mut(self.head) {
@@ -429,8 +440,7 @@ impl<S: Stream> State<S> {
         }
         let slot = self.slots.pop_front()?;
         self.head += 1;
-        let waiting = self.waiting_for_room.take_all();
-        self.due.append(waiting);
+        self.waiting_for_room.move_all_to(&mut self.due);
         Some(slot.item)
     }
 
@@ -460,17 +470,7 @@ impl<S: Stream> State<S> {
     /// buffer is full, but only lossy branches hold its oldest slot.
     fn wake_if_room_can_be_made(&mut self) {
         if self.is_full() && self.only_lossy_at_head() {
-            let waiting = self.waiting_for_room.take_all();
-            self.due.append(waiting);
-        }
-    }
-
-    /// Takes the count of items branch `key` gave up since it last said so.
-    fn take_unreported_missed(&mut self, key: usize) -> Option<u64> {
-        let record = self.branches.get_mut(key);
-        match std::mem::take(&mut record.unreported_missed) {
-            0 => None,
-            missed => Some(missed),
+            self.waiting_for_room.move_all_to(&mut self.due);
         }
     }
 }
@@ -480,10 +480,11 @@ where
     S: Stream,
     S::Item: Clone,
 {
-    /// Reads the next item for branch `key`, if it is buffered: a clone, or
-    /// the item itself for its last reader, which frees its slot.
-    fn read(&mut self, key: usize) -> Option<S::Item> {
-        let index = self.index_of(self.branches.get(key).position);
+    /// Reads the next item for branch `key`, at `position`, if it is
+    /// buffered: a clone, or the item itself for its last reader, which frees
+    /// its slot.
+    fn read(&mut self, key: usize, position: u64) -> Option<S::Item> {
+        let index = self.index_of(position);
         let slot = self.slots.get_mut(index)?;
         let item = if slot.unread_by > 1 {
             // Cloned before anything changes, so a panicking `Clone` leaves
@@ -536,9 +537,9 @@ impl<S: Stream> Drop for UpstreamPoll<'_, S> {
         };
         let mut state = self.shared.lock_state();
         state.upstream = Upstream::Panicked;
-        let waiting = state.waiting_for_room.take_all();
-        state.due.append(waiting);
-        state.due.append(self.shared.signal.take_all());
+        let fields = &mut *state;
+        fields.waiting_for_room.move_all_to(&mut fields.due);
+        self.shared.signal.move_all_to(&mut fields.due);
         drop(state);
         drop(upstream);
     }
@@ -567,6 +568,9 @@ impl<S: Stream> Drop for Locked<'_, S> {
         let Some(mut state) = self.0.take() else {
             return;
         };
+        if state.due.is_empty() {
+            return;
+        }
         let due = std::mem::take(&mut state.due);
         drop(state);
         due.wake();

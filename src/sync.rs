@@ -21,6 +21,7 @@ pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
 /// and a waker's `clone`, runs before the state it belongs to is touched.
 /// So a poisoned lock still guards a consistent state, and the branches that
 /// did not panic go on.
+#[inline]
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

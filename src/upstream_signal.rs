@@ -80,9 +80,10 @@ impl UpstreamSignal {
         lock(&self.inner).waiting.remove(id)
     }
 
-    /// Takes every parked branch, for the caller to wake outside any lock.
-    pub(crate) fn take_all(&self) -> Wakeups {
-        lock(&self.inner).waiting.take_all()
+    /// Moves every parked branch into `due`, for the caller to wake outside
+    /// any lock.
+    pub(crate) fn move_all_to(&self, due: &mut Wakeups) {
+        lock(&self.inner).waiting.move_all_to(due);
     }
 }
 

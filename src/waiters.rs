@@ -51,6 +51,12 @@ impl Waiters {
     pub(crate) fn take_all(&mut self) -> Wakeups {
         Wakeups(std::mem::take(&mut self.entries))
     }
+
+    /// Moves every waker into `due`, for the caller to wake outside the lock.
+    #[inline]
+    pub(crate) fn move_all_to(&mut self, due: &mut Wakeups) {
+        due.0.append(&mut self.entries);
+    }
 }
 
 /// Wakers taken out of a [`Waiters`] list, to be woken once no lock is held.
@@ -62,6 +68,12 @@ impl Waiters {
 pub(crate) struct Wakeups(Vec<(usize, Waker)>);
 
 impl Wakeups {
+    /// Whether there is no waker to wake.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Adds the wakers of `more` to these.
     pub(crate) fn append(&mut self, mut more: Wakeups) {
         self.0.append(&mut more.0);
