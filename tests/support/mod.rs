@@ -7,8 +7,10 @@
 use std::any::Any;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread;
+use std::time::Duration;
 
 use futures::executor::block_on;
 use futures::future::join_all;
@@ -300,5 +302,191 @@ impl Progress {
     /// Items read by the branch that has read the most.
     pub fn fastest(&self) -> u64 {
         *self.read.iter().max().unwrap()
+    }
+}
+
+/// How long [`hang_guard`] waits for a test: generous, a guard against a
+/// deadlock or a lost wake-up only, never an assertion about speed.
+pub const HANG_GUARD: Duration = Duration::from_secs(10);
+
+/// Runs `test` on its own thread and fails if it has not finished within
+/// [`HANG_GUARD`] (a deadlock, or a wait that never ends); re-raises its
+/// panic if it panics.
+pub fn hang_guard(test: impl FnOnce() + Send + 'static) {
+    let (done_tx, done_rx) = mpsc::channel();
+    let handle = thread::spawn(move || {
+        test();
+        let _ = done_tx.send(());
+    });
+    match done_rx.recv_timeout(HANG_GUARD) {
+        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(panic) = handle.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+            "the test did not finish within {HANG_GUARD:?}: a deadlock or a wake-up that never came"
+        ),
+    }
+}
+
+/// Polls `stream` once with `waker`.
+pub fn poll_with<S: Stream + Unpin>(stream: &mut S, waker: &Waker) -> Poll<Option<S::Item>> {
+    stream.poll_next_unpin(&mut Context::from_waker(waker))
+}
+
+/// A waker that records that it has been woken. It can be used where a
+/// `tokio_test` task cannot, from inside another waker or an upstream.
+#[derive(Debug, Default)]
+pub struct WakeFlag(AtomicBool);
+
+impl WakeFlag {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// A waker that sets this flag.
+    pub fn waker(self: &Arc<Self>) -> Waker {
+        Waker::from(Arc::clone(self))
+    }
+
+    /// Whether a waker of this flag has been woken since the last `take`.
+    pub fn is_woken(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Whether a waker of this flag has been woken; clears the flag.
+    pub fn take(&self) -> bool {
+        self.0.swap(false, Ordering::SeqCst)
+    }
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A one-off action, run by a [`CallbackWaker`].
+pub type Action = Box<dyn FnOnce() + Send>;
+
+/// A waker that runs one action the first time it is woken, and another
+/// one when its last clone is dropped. The actions may poll or drop
+/// branches: they run the foreign code a fanout must expect from a waker.
+pub struct CallbackWaker {
+    on_wake: Mutex<Option<Action>>,
+    on_drop: Mutex<Option<Action>>,
+}
+
+impl CallbackWaker {
+    /// A waker that runs `action` when woken, once.
+    pub fn on_wake(action: impl FnOnce() + Send + 'static) -> Waker {
+        Self::waker(Some(Box::new(action)), None)
+    }
+
+    /// A waker that runs `action` when its last clone is dropped.
+    pub fn on_drop(action: impl FnOnce() + Send + 'static) -> Waker {
+        Self::waker(None, Some(Box::new(action)))
+    }
+
+    fn waker(on_wake: Option<Action>, on_drop: Option<Action>) -> Waker {
+        Waker::from(Arc::new(Self {
+            on_wake: Mutex::new(on_wake),
+            on_drop: Mutex::new(on_drop),
+        }))
+    }
+}
+
+impl Wake for CallbackWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Taken out first: the action runs with no lock of the waker held.
+        let action = self
+            .on_wake
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(action) = action {
+            action();
+        }
+    }
+}
+
+impl Drop for CallbackWaker {
+    fn drop(&mut self) {
+        let action = self
+            .on_drop
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(action) = action {
+            action();
+        }
+    }
+}
+
+/// What a [`Hooked`] upstream runs at the start of each `poll_next`. Set
+/// after the branches exist, so that it can poll or drop them; a boxed
+/// closure breaks the type recursion (the upstream's type is part of the
+/// branches' type).
+pub type Hook = Arc<Mutex<Option<Box<dyn FnMut() + Send>>>>;
+
+/// Sets the hook of a [`Hooked`] upstream.
+pub fn set_hook(hook: &Hook, action: impl FnMut() + Send + 'static) {
+    *hook.lock().unwrap() = Some(Box::new(action));
+}
+
+/// Removes the hook of a [`Hooked`] upstream, and with it what the hook
+/// holds (a hook that holds a branch keeps the fanout alive).
+pub fn clear_hook(hook: &Hook) {
+    drop(hook.lock().unwrap().take());
+}
+
+/// Wraps a stream and runs its hook, if one is set, at the start of every
+/// `poll_next`: from inside the upstream's poll, while a branch polls it.
+pub struct Hooked<S> {
+    inner: S,
+    hook: Hook,
+}
+
+impl<S> Hooked<S> {
+    /// Wraps `inner`, with no hook set yet.
+    pub fn new(inner: S) -> (Self, Hook) {
+        let hook = Hook::default();
+        (
+            Self {
+                inner,
+                hook: Arc::clone(&hook),
+            },
+            hook,
+        )
+    }
+}
+
+impl<S: Stream + Unpin> Stream for Hooked<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        // Taken out while it runs, so that the hook's mutex is not held.
+        let hook = self.hook.lock().unwrap().take();
+        if let Some(mut hook) = hook {
+            hook();
+            let mut slot = self.hook.lock().unwrap();
+            if slot.is_none() {
+                *slot = Some(hook);
+            }
+        }
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
     }
 }

@@ -1,0 +1,583 @@
+//! Items whose `Clone` (or `Drop`) panics, and wakers that panic.
+//!
+//! A `Clone` that panics propagates to the branch that asked for the item
+//! and leaves the fanout as it was: the other branches get every item, in
+//! order; the branch that panicked, polled again, gets the item it failed to
+//! get and goes on in order; nothing hangs and nothing leaks.
+//!
+//! The `f1_`, `f2_` and `f3_` tests, and the panicking waker test, are
+//! regression tests for lost wake-ups on panic paths: a branch waiting for
+//! the upstream or for room whose waker was taken out of its list but never
+//! woken, because a panic unwound past the wake-up. Each checks that the
+//! waiting branch's waker is woken, with a flag or a `tokio_test` task.
+
+mod support;
+
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::thread;
+
+use fanout::{Branch, StreamExt as _};
+use futures::task::noop_waker_ref;
+use futures::{stream, Stream};
+use tokio_test::assert_pending;
+use tokio_test::task::{spawn, Spawn};
+
+use support::{
+    clear_hook, collect_all, hang_guard, panic_message, poll_once, poll_with, set_hook,
+    CallbackWaker, DropFlag, Hooked, Progress, Rng, Tracked, Tracker, WakeFlag,
+};
+
+/// Which item's next `Clone`, and which item's next `Drop`, panic: each trap
+/// is armed for one value, and fires once, then disarms itself.
+#[derive(Debug, Default)]
+struct Traps {
+    clone_armed: AtomicBool,
+    clone_value: AtomicU64,
+    drop_armed: AtomicBool,
+    drop_value: AtomicU64,
+}
+
+impl Traps {
+    fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// The next clone of item `value` panics.
+    fn arm_clone(&self, value: u64) {
+        self.clone_value.store(value, Ordering::SeqCst);
+        self.clone_armed.store(true, Ordering::SeqCst);
+    }
+
+    /// The next drop of a copy of item `value` panics.
+    fn arm_drop(&self, value: u64) {
+        self.drop_value.store(value, Ordering::SeqCst);
+        self.drop_armed.store(true, Ordering::SeqCst);
+    }
+
+    fn clone_is_armed(&self) -> bool {
+        self.clone_armed.load(Ordering::SeqCst)
+    }
+
+    fn clone_fires(&self, value: u64) -> bool {
+        self.clone_value.load(Ordering::SeqCst) == value
+            && self.clone_armed.swap(false, Ordering::SeqCst)
+    }
+
+    fn drop_fires(&self, value: u64) -> bool {
+        self.drop_value.load(Ordering::SeqCst) == value
+            && self.drop_armed.swap(false, Ordering::SeqCst)
+    }
+}
+
+fn clone_boom(value: u64) -> String {
+    format!("clone of item {value} panicked")
+}
+
+fn drop_boom(value: u64) -> String {
+    format!("drop of item {value} panicked")
+}
+
+/// An item whose `Clone` and `Drop` panic when its [`Traps`] say so. Its
+/// live copies and clones are counted by the [`Tracker`] of its `Tracked`;
+/// a clone that panics makes no copy, and a copy whose drop panics still
+/// drops its `Tracked`.
+struct Fragile {
+    tracked: Tracked,
+    traps: Arc<Traps>,
+}
+
+impl Fragile {
+    fn value(&self) -> u64 {
+        self.tracked.value
+    }
+}
+
+impl fmt::Debug for Fragile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fragile({})", self.value())
+    }
+}
+
+impl Clone for Fragile {
+    fn clone(&self) -> Self {
+        if self.traps.clone_fires(self.value()) {
+            panic!("{}", clone_boom(self.value()));
+        }
+        Self {
+            tracked: self.tracked.clone(),
+            traps: Arc::clone(&self.traps),
+        }
+    }
+}
+
+impl Drop for Fragile {
+    fn drop(&mut self) {
+        if self.traps.drop_fires(self.value()) {
+            panic!("{}", drop_boom(self.value()));
+        }
+    }
+}
+
+/// The items `0..count`, as [`Fragile`] items.
+fn fragile_stream(
+    tracker: &Arc<Tracker>,
+    traps: &Arc<Traps>,
+    count: u64,
+) -> impl Stream<Item = Fragile> + Send + Unpin {
+    let (tracker, traps) = (Arc::clone(tracker), Arc::clone(traps));
+    stream::iter((0..count).map(move |value| Fragile {
+        tracked: tracker.item(value),
+        traps: Arc::clone(&traps),
+    }))
+}
+
+/// The message the upstream of the F2 test panics with when dropped.
+const UPSTREAM_DROP_BOOM: &str = "upstream drop boom";
+
+/// An upstream whose `Drop` panics (unless a panic is already unwinding).
+struct PanicOnDrop<S>(S);
+
+impl<S> Drop for PanicOnDrop<S> {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            panic!("{UPSTREAM_DROP_BOOM}");
+        }
+    }
+}
+
+impl<S: Stream + Unpin> Stream for PanicOnDrop<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<S::Item>> {
+        std::pin::Pin::new(&mut self.0).poll_next(cx)
+    }
+}
+
+/// A branch that a hook or a waker can reach.
+type Shared<B> = Arc<Mutex<Option<B>>>;
+
+fn share<B>(branch: B) -> Shared<B> {
+    Arc::new(Mutex::new(Some(branch)))
+}
+
+fn take<B>(shared: &Shared<B>) -> B {
+    shared
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the branch is still there")
+}
+
+/// The value a poll yielded, so that the item itself is dropped.
+fn value(polled: Poll<Option<Fragile>>) -> Poll<Option<u64>> {
+    polled.map(|item| item.map(|item| item.value()))
+}
+
+fn values(items: &[Fragile]) -> Vec<u64> {
+    items.iter().map(Fragile::value).collect()
+}
+
+/// Polls `branch` once with `waker`, catching a panic; returns the value it
+/// yields or the panic's message.
+fn try_poll_with<S: Stream<Item = Fragile> + Unpin>(
+    branch: &mut S,
+    waker: &Waker,
+) -> Result<Poll<Option<u64>>, String> {
+    catch_unwind(AssertUnwindSafe(|| value(poll_with(branch, waker)))).map_err(panic_message)
+}
+
+/// [`try_poll_with`] a waker that does nothing.
+fn try_poll<S: Stream<Item = Fragile> + Unpin>(
+    branch: &mut S,
+) -> Result<Poll<Option<u64>>, String> {
+    try_poll_with(branch, noop_waker_ref())
+}
+
+fn poll_shared<S>(shared: &Shared<Branch<S>>, waker: &Waker) -> Poll<Option<u64>>
+where
+    S: Stream<Item = Fragile>,
+{
+    let mut slot = shared.lock().unwrap();
+    value(poll_with(
+        slot.as_mut().expect("the branch is there"),
+        waker,
+    ))
+}
+
+/// Polls `stream` once from the `tokio_test` task `task`.
+fn poll<S: Stream + Unpin>(task: &mut Spawn<()>, stream: &mut S) -> Poll<Option<S::Item>> {
+    task.enter(|cx, _| poll_with(stream, cx.waker()))
+}
+
+/// Reads `branch` to its end with a waker that does nothing; it must never
+/// wait (the caller makes sure it has room).
+fn read_to_end<S: Stream<Item = Fragile> + Unpin>(branch: &mut S) -> Vec<u64> {
+    let mut got = Vec::new();
+    loop {
+        match value(poll_once(branch)) {
+            Poll::Ready(Some(value)) => got.push(value),
+            Poll::Ready(None) => return got,
+            Poll::Pending => panic!("the branch waited after {got:?}"),
+        }
+    }
+}
+
+fn two<T>(v: Vec<T>) -> [T; 2] {
+    v.try_into().ok().expect("two branches")
+}
+
+fn three<T>(v: Vec<T>) -> [T; 3] {
+    v.try_into().ok().expect("three branches")
+}
+
+// ---------------------------------------------------------------------------
+// A panicking `Clone` leaves the fanout as it was.
+// ---------------------------------------------------------------------------
+
+/// A polls the upstream for item 2, pushes it, and its clone of it panics:
+/// A gets the panic; B and C read every item; A, polled again, gets item 2
+/// and the rest.
+#[test]
+fn a_panicking_clone_of_a_pulled_item_reaches_the_poller_and_changes_nothing() {
+    hang_guard(|| {
+        let (tracker, traps) = (Tracker::new(), Traps::new());
+        let [mut a, mut b, mut c] = three(fragile_stream(&tracker, &traps, 6).fanout(3, 8));
+
+        assert_eq!(try_poll(&mut a), Ok(Poll::Ready(Some(0))));
+        assert_eq!(try_poll(&mut a), Ok(Poll::Ready(Some(1))));
+        traps.arm_clone(2);
+        assert_eq!(
+            try_poll(&mut a),
+            Err(clone_boom(2)),
+            "the clone's panic must reach the branch that asked for the item"
+        );
+        assert_eq!(
+            (a.lag(), b.lag(), c.lag()),
+            (1, 3, 3),
+            "item 2 was pushed, and A has not read it"
+        );
+        assert_eq!(
+            tracker.live(),
+            3,
+            "items 0 to 2 are buffered, no copy was made"
+        );
+
+        assert_eq!(read_to_end(&mut b), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(read_to_end(&mut c), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(
+            read_to_end(&mut a),
+            [2, 3, 4, 5],
+            "A, polled again, gets the item whose clone panicked, then the rest"
+        );
+        drop((a, b, c));
+        assert_eq!(tracker.live(), 0);
+        assert_eq!(
+            tracker.clones(),
+            12,
+            "two clones per item; the clone that panicked made none"
+        );
+    });
+}
+
+/// B reads a buffered item and its clone of it panics: B gets the panic;
+/// its position and lag do not change; A and C read every item; B, polled
+/// again, gets the item and the rest.
+#[test]
+fn a_panicking_clone_of_a_buffered_item_reaches_the_reader_and_changes_nothing() {
+    hang_guard(|| {
+        let (tracker, traps) = (Tracker::new(), Traps::new());
+        let [mut a, mut b, mut c] = three(fragile_stream(&tracker, &traps, 6).fanout(3, 4));
+
+        for item in 0..4 {
+            assert_eq!(try_poll(&mut a), Ok(Poll::Ready(Some(item))));
+        }
+        assert_pending!(try_poll(&mut a).unwrap(), "the buffer is full");
+        assert_eq!(try_poll(&mut b), Ok(Poll::Ready(Some(0))));
+        traps.arm_clone(1);
+        let lag = b.lag();
+        assert_eq!(try_poll(&mut b), Err(clone_boom(1)));
+        assert_eq!(b.lag(), lag, "B did not move");
+        assert_eq!(
+            tracker.live(),
+            4,
+            "items 0 to 3 are buffered, no copy was made"
+        );
+
+        // C's read of item 0, the last, frees room, and C pulls item 4.
+        for item in 0..5 {
+            assert_eq!(try_poll(&mut c), Ok(Poll::Ready(Some(item))));
+        }
+        assert_pending!(try_poll(&mut c).unwrap(), "B holds the buffer");
+        assert_eq!(
+            try_poll(&mut b),
+            Ok(Poll::Ready(Some(1))),
+            "B, polled again, gets the item whose clone panicked"
+        );
+        let got = collect_all([a, b, c]);
+        assert_eq!(values(&got[0]), [4, 5]);
+        assert_eq!(values(&got[1]), [2, 3, 4, 5]);
+        assert_eq!(values(&got[2]), [5]);
+        drop(got);
+        assert_eq!(tracker.live(), 0);
+        assert_eq!(tracker.clones(), 12);
+    });
+}
+
+/// Random schedules of three branches, capacity 2, with the clone trap
+/// re-armed after each panic: for the next item to be pulled, or for a
+/// buffered one. Every branch yields every item in order; each panic names
+/// the very item the polled branch was about to read; exactly the traps
+/// that could fire fired; nothing leaks.
+#[test]
+fn random_schedules_with_panicking_clones_keep_every_branch_in_order() {
+    const N: usize = 3;
+    const ITEMS: u64 = 30;
+    hang_guard(|| {
+        // Traps armed for an item not pulled yet, and for a buffered one.
+        let (mut pulled_arms, mut buffered_arms) = (0, 0);
+        for seed in 0..40 {
+            let (tracker, traps) = (Tracker::new(), Traps::new());
+            let mut branches = fragile_stream(&tracker, &traps, ITEMS).fanout(N, 2);
+            let mut progress = Progress::new(N, ITEMS, 20_000);
+            let mut rng = Rng::new(seed);
+            let (mut expected_panics, mut panics) = (0, 0);
+
+            while progress.unfinished() {
+                if !traps.clone_is_armed() && rng.percent(30) {
+                    // An item not pulled yet: the first reader clones it (the
+                    // poller, with two others to read it). A buffered item:
+                    // it is cloned again if more than one branch has not
+                    // read it yet (the last one takes it by move).
+                    let (next, slowest) = (progress.fastest(), progress.slowest());
+                    let value = if next > slowest && rng.percent(50) {
+                        slowest + rng.below((next - slowest) as usize) as u64
+                    } else {
+                        next
+                    };
+                    let unread_by = progress.read.iter().filter(|&&read| read <= value).count();
+                    if value < ITEMS && (value == next || unread_by > 1) {
+                        traps.arm_clone(value);
+                        expected_panics += 1;
+                        if value == next {
+                            pulled_arms += 1;
+                        } else {
+                            buffered_arms += 1;
+                        }
+                    }
+                }
+                let i = rng.below(N);
+                if progress.ended[i] {
+                    continue;
+                }
+                match try_poll(&mut branches[i]) {
+                    Ok(Poll::Ready(Some(value))) => progress.item(i, value),
+                    Ok(Poll::Ready(None)) => progress.end(i),
+                    Ok(Poll::Pending) => {}
+                    Err(message) => {
+                        panics += 1;
+                        assert_eq!(
+                            message,
+                            clone_boom(progress.read[i]),
+                            "seed {seed}: branch {i} panicked on another item than its next"
+                        );
+                    }
+                }
+            }
+            assert!(!traps.clone_is_armed(), "seed {seed}: a trap never fired");
+            assert_eq!(panics, expected_panics, "seed {seed}");
+            drop(branches);
+            assert_eq!(tracker.live(), 0, "seed {seed}");
+            assert_eq!(tracker.clones(), 2 * ITEMS as usize, "seed {seed}");
+        }
+        assert!(
+            pulled_arms > 50 && buffered_arms > 50,
+            "the schedules exercise both kinds of clone: {pulled_arms} pulled, {buffered_arms} buffered"
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Regressions: wake-ups lost when a panic unwinds past them.
+// ---------------------------------------------------------------------------
+
+/// F1. B waits for the upstream while A polls it (the upstream's hook polls
+/// B, which must return `Pending`); the upstream yields item 0, and A's
+/// clone of it panics. The item is buffered: B must be woken, and get it.
+#[test]
+fn f1_a_branch_waiting_for_the_upstream_is_woken_when_the_pollers_clone_panics() {
+    hang_guard(|| {
+        let (tracker, traps) = (Tracker::new(), Traps::new());
+        let (upstream, hook) = Hooked::new(fragile_stream(&tracker, &traps, 3));
+        let [mut a, b] = two(upstream.fanout(2, 4));
+        let b = share(b);
+        let b_flag = WakeFlag::new();
+        let b_got = Arc::new(Mutex::new(Vec::new()));
+        set_hook(&hook, {
+            let (b, b_got, b_waker) = (Arc::clone(&b), Arc::clone(&b_got), b_flag.waker());
+            move || b_got.lock().unwrap().push(poll_shared(&b, &b_waker))
+        });
+
+        traps.arm_clone(0);
+        assert_eq!(try_poll(&mut a), Err(clone_boom(0)));
+        clear_hook(&hook);
+        assert_eq!(
+            *b_got.lock().unwrap(),
+            [Poll::Pending],
+            "B, polled while A polled the upstream, must have waited"
+        );
+        assert!(
+            b_flag.is_woken(),
+            "F1: A pushed item 0 and its clone panicked; B, waiting for the upstream, was not woken"
+        );
+        assert_eq!(poll_shared(&b, noop_waker_ref()), Poll::Ready(Some(0)));
+        assert_eq!(
+            try_poll(&mut a),
+            Ok(Poll::Ready(Some(0))),
+            "A, polled again, gets the item whose clone panicked"
+        );
+
+        let got = collect_all([a, take(&b)]);
+        assert_eq!(values(&got[0]), [1, 2]);
+        assert_eq!(values(&got[1]), [1, 2]);
+        drop(got);
+        assert_eq!(tracker.live(), 0);
+        assert_eq!(tracker.clones(), 3);
+    });
+}
+
+/// F2. B waits for the upstream while A polls it (hook); the upstream ends,
+/// A's poll drops it, and its `Drop` panics: A gets that panic. The end is
+/// recorded: B must be woken, and get `None`.
+#[test]
+fn f2_a_branch_waiting_for_the_upstream_is_woken_when_the_upstreams_drop_panics() {
+    hang_guard(|| {
+        let (tracker, traps) = (Tracker::new(), Traps::new());
+        let (inner, upstream_dropped) = DropFlag::new(fragile_stream(&tracker, &traps, 2));
+        let (upstream, hook) = Hooked::new(PanicOnDrop(inner));
+        let [mut a, b] = two(upstream.fanout(2, 4));
+        let b = share(b);
+
+        for item in 0..2 {
+            assert_eq!(try_poll(&mut a), Ok(Poll::Ready(Some(item))));
+            assert_eq!(poll_shared(&b, noop_waker_ref()), Poll::Ready(Some(item)));
+        }
+        let b_flag = WakeFlag::new();
+        let b_got = Arc::new(Mutex::new(Vec::new()));
+        set_hook(&hook, {
+            let (b, b_got, b_waker) = (Arc::clone(&b), Arc::clone(&b_got), b_flag.waker());
+            move || b_got.lock().unwrap().push(poll_shared(&b, &b_waker))
+        });
+
+        assert_eq!(
+            try_poll(&mut a),
+            Err(UPSTREAM_DROP_BOOM.to_string()),
+            "A's poll ended the upstream and dropped it, and its drop panicked"
+        );
+        assert!(upstream_dropped.load(Ordering::SeqCst));
+        assert_eq!(
+            *b_got.lock().unwrap(),
+            [Poll::Pending],
+            "B, polled while A polled the upstream, must have waited"
+        );
+        assert!(
+            b_flag.is_woken(),
+            "F2: the upstream ended and its drop panicked; B, waiting for it, was not woken"
+        );
+        assert_eq!(poll_shared(&b, noop_waker_ref()), Poll::Ready(None));
+        assert_eq!(try_poll(&mut a), Ok(Poll::Ready(None)));
+        drop((a, b));
+        assert_eq!(tracker.live(), 0);
+        assert_eq!(tracker.clones(), 2);
+    });
+}
+
+/// F3. Capacity 1: `fast` reads item 0 and waits for room. Dropping `slow`
+/// releases item 0, whose `Drop` panics. The room is free all the same:
+/// `fast` must be woken, and read item 1 and the rest.
+#[test]
+fn f3_a_branch_waiting_for_room_is_woken_when_a_released_items_drop_panics() {
+    hang_guard(|| {
+        let (tracker, traps) = (Tracker::new(), Traps::new());
+        let [mut fast, slow] = two(fragile_stream(&tracker, &traps, 4).fanout(2, 1));
+        let mut tf = spawn(());
+
+        assert_eq!(value(poll(&mut tf, &mut fast)), Poll::Ready(Some(0)));
+        assert_pending!(poll(&mut tf, &mut fast), "the buffer is full");
+        traps.arm_drop(0);
+        let dropped = catch_unwind(AssertUnwindSafe(|| drop(slow))).map_err(panic_message);
+        assert_eq!(
+            dropped,
+            Err(drop_boom(0)),
+            "dropping slow dropped item 0, whose drop panicked"
+        );
+        assert!(
+            tf.is_woken(),
+            "F3: slow's release freed room and item 0's drop panicked; fast, waiting for room, was not woken"
+        );
+        for item in 1..4 {
+            assert_eq!(value(poll(&mut tf, &mut fast)), Poll::Ready(Some(item)));
+        }
+        assert_eq!(value(poll(&mut tf, &mut fast)), Poll::Ready(None));
+        assert_eq!(
+            tracker.live(),
+            0,
+            "item 0's copy was freed despite the panic"
+        );
+        assert_eq!(tracker.clones(), 1);
+    });
+}
+
+/// Four branches wait for room; one of their wakers panics when woken.
+/// Dropping the slowest branch frees room and wakes them: the panic reaches
+/// the drop, and the other three waiters are woken all the same (a waker
+/// taken out of the list is woken even when another one panics), then read
+/// every item.
+#[test]
+fn a_panicking_waker_does_not_keep_the_other_room_waiters_from_being_woken() {
+    hang_guard(|| {
+        let tracker = Tracker::new();
+        let mut branches = tracker.stream(4).fanout(5, 1);
+        let slow = branches.pop().unwrap();
+        let flags: Vec<_> = (0..4).map(|_| WakeFlag::new()).collect();
+
+        for (i, branch) in branches.iter_mut().enumerate() {
+            assert_eq!(
+                poll_once(branch).map(|item| item.map(|item| item.value)),
+                Poll::Ready(Some(0))
+            );
+            // The second of the four, in the order they wait, panics.
+            let waker = if i == 1 {
+                CallbackWaker::on_wake(|| panic!("waker boom"))
+            } else {
+                flags[i].waker()
+            };
+            assert!(poll_with(branch, &waker).is_pending(), "the buffer is full");
+        }
+
+        let dropped = catch_unwind(AssertUnwindSafe(|| drop(slow))).map_err(panic_message);
+        assert_eq!(dropped, Err("waker boom".to_string()));
+        for i in [0, 2, 3] {
+            assert!(
+                flags[i].is_woken(),
+                "waiter {i} was not woken: the panic of waiter 1's waker lost its wake-up"
+            );
+        }
+
+        let got = collect_all(branches);
+        for (i, items) in got.iter().enumerate() {
+            assert_eq!(support::values(items), [1, 2, 3], "waiter {i}");
+        }
+        drop(got);
+        assert_eq!(tracker.live(), 0);
+        // Item 0 was cloned for the four waiters, and its original dropped
+        // with `slow`; items 1 to 3, three clones each for four branches.
+        assert_eq!(tracker.clones(), 4 + 3 * 3);
+    });
+}
