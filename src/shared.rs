@@ -62,9 +62,10 @@
 //! Counters (items pulled, delivered, missed, the high-water mark) are
 //! updated under the lock that is held anyway. The time a branch holds the
 //! upstream back is measured only at transitions: when the buffer becomes
-//! full, every branch at the oldest position starts a stall; a branch ends
-//! its stall when it reads past the oldest position, and every stall ends
-//! when the buffer stops being full. The clock is read only while the buffer
+//! full, every backpressure branch at the oldest position starts a stall
+//! (lossy branches never hold the upstream back); a branch ends its stall
+//! when it reads past the oldest position or turns lossy, and every stall
+//! ends when the buffer stops being full. The clock is read only while the buffer
 //! is full.
 
 use std::collections::VecDeque;
@@ -199,7 +200,7 @@ impl<S: Stream> Shared<S> {
         for slot in state.slots.range_mut(first_unread..) {
             slot.unread_by += 1;
         }
-        if state.is_full() && first_unread == 0 {
+        if state.is_full() && first_unread == 0 && !lossy {
             state.branches.get_mut(fork).start_stall(Instant::now());
         }
         (fork, id)
@@ -230,7 +231,9 @@ impl<S: Stream> Shared<S> {
     /// that slot, so they are woken.
     pub(crate) fn make_lossy(&self, key: usize) {
         let mut state = self.lock_state();
-        state.branches.get_mut(key).lossy = true;
+        let record = state.branches.get_mut(key);
+        record.lossy = true;
+        record.end_stall(Instant::now());
         state.wake_if_room_can_be_made();
     }
 
@@ -419,12 +422,15 @@ impl<S: Stream> State<S> {
 
     /// Called when the buffer may have become full (after a push and the
     /// poller's own read, so that the poller is not counted as stalling):
-    /// the branches at the oldest position start stalling.
+    /// the backpressure branches at the oldest position start stalling.
+    /// Lossy ones never hold the upstream back.
     fn start_stalls_if_full(&mut self) {
         if self.is_full() {
             let now = Instant::now();
             for record in self.branches.at_mut(self.head) {
-                record.start_stall(now);
+                if !record.lossy {
+                    record.start_stall(now);
+                }
             }
         }
     }

@@ -87,9 +87,10 @@ pub struct BranchStats {
     /// applies backpressure.
     pub missed: u64,
     /// The total time during which the buffer was full and this branch was
-    /// one of the branches at the oldest position: the time it held the
-    /// upstream back. Measured only when the buffer becomes full and when it
-    /// stops being full for this branch, never per item.
+    /// one of the backpressure branches at the oldest position: the time it
+    /// held the upstream back. A lossy branch adds nothing to it.
+    /// Measured only when the buffer becomes full and when it stops being
+    /// full for this branch, never per item.
     pub stalled_upstream: Duration,
 }
 
