@@ -18,11 +18,30 @@
 //!   and the process's memory, grow with the length of the stream.
 //!
 //! About once a second a progress line shows the events each branch has read,
-//! the slow branch's backlog and the resident memory. Each scenario runs in
-//! a child process (this binary, re-executed with `--scenario`), so that each
-//! has its own peak resident memory (`VmHWM`, read from `/proc/self/status`;
-//! "n/a" off Linux). The parent prints a side-by-side comparison at the end.
-//! Both scenarios together take about half a minute on two cores.
+//! the slow branch's backlog and the resident memory. In the `fanout`
+//! scenario it is followed by the fanout's own statistics
+//! ([`Branch::stats`](fanout::Branch::stats), a [`fanout::Stats`] table) and
+//! by the name of the branch that holds the upstream back:
+//! [`Stats::slowest`](fanout::Stats::slowest), told apart as fast or slow by
+//! its [`id`](fanout::Branch::id). The branches live in the consumer tasks,
+//! and a clone of one would be a third branch, holding the buffer back in
+//! its turn; so the slow consumer itself publishes a snapshot every
+//! `STATS_EVERY` events, and the printer shows the latest. When the run is
+//! over, the final table shows how long each branch held the upstream back
+//! (its [`stalled_upstream`](fanout::BranchStats::stalled_upstream): the time
+//! the buffer was full with that branch at its oldest event): the slow one,
+//! and the fast one hardly ever (only if the slow one overtook it while its
+//! task was not running). It is a small part of the run, although the fast
+//! branch waits for the slow one throughout: each event the slow one reads
+//! frees a slot, and the buffer is not full again until the woken fast task
+//! runs, which on tokio's multi-threaded runtime is when the slow task next
+//! yields to the scheduler (`consume_budget`, about every 128 events).
+//!
+//! Each scenario runs in a child process (this binary, re-executed with
+//! `--scenario`), so that each has its own peak resident memory (`VmHWM`,
+//! read from `/proc/self/status`; "n/a" off Linux). The parent prints a
+//! side-by-side comparison at the end. Both scenarios together take about
+//! half a minute on two cores.
 //!
 //! Run it with (`--events` and `--cap` are optional):
 //!
@@ -41,11 +60,11 @@ use std::hint::black_box;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fanout::StreamExt as _;
+use fanout::{Branch, BranchStats, Stats, StreamExt as _};
 use futures::channel::mpsc::{self, UnboundedReceiver};
 use futures::{stream, Future, Stream, StreamExt};
 
@@ -56,6 +75,10 @@ const FAST_WORK_ROUNDS: u32 = 1;
 const SLOW_WORK_ROUNDS: u32 = 200;
 /// How often the progress line is printed.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How often the slow consumer publishes a snapshot of the fanout's
+/// statistics, in events read: at about a million events a second, some
+/// fifteen times a second.
+const STATS_EVERY: u64 = 1 << 16;
 /// Marks the line on which a child process hands its outcome to the parent.
 const OUTCOME_MARKER: &str = "@outcome";
 
@@ -179,6 +202,13 @@ enum Role {
 }
 
 impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Fast => "fast",
+            Role::Slow => "slow",
+        }
+    }
+
     /// The per-event work: `rounds` of a 64-bit mix over the event's fields.
     fn process(self, event: &Event) -> u64 {
         let rounds = match self {
@@ -237,6 +267,8 @@ struct Progress {
     /// The slow branch's backlog at its latest read, and the highest seen.
     buffered: AtomicUsize,
     peak_buffered: AtomicUsize,
+    /// The latest snapshot of the fanout's statistics (`fanout` only).
+    stats: Mutex<Option<FanoutStats>>,
 }
 
 impl Progress {
@@ -252,6 +284,18 @@ impl Progress {
         if buffered > self.peak_buffered.load(Relaxed) {
             self.peak_buffered.fetch_max(buffered, Relaxed);
         }
+    }
+
+    /// Replaces the latest snapshot of the fanout's statistics.
+    fn publish_stats(&self, stats: FanoutStats) {
+        *self.stats.lock().expect("a stats publisher panicked") = Some(stats);
+    }
+
+    fn latest_stats(&self) -> Option<FanoutStats> {
+        self.stats
+            .lock()
+            .expect("a stats publisher panicked")
+            .clone()
     }
 
     /// The slow consumer's backlog in the naive tee: events produced that it
@@ -303,20 +347,143 @@ fn print_progress(progress: &Progress, elapsed: Duration, cap: Option<usize>) {
         cap_text(cap),
         mib(memory_kib(MemoryField::Current)),
     );
+    if let Some(stats) = progress.latest_stats() {
+        stats.print_table();
+        stats.print_slowest();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The fanout's statistics
+
+/// The ids of the branches the two consumers read, to tell them apart in a
+/// [`Stats`] snapshot.
+#[derive(Clone, Copy, Debug)]
+struct BranchRoles {
+    fast: usize,
+    slow: usize,
+}
+
+impl BranchRoles {
+    fn of<S: Stream>(fast: &Branch<S>, slow: &Branch<S>) -> Self {
+        BranchRoles {
+            fast: fast.id(),
+            slow: slow.id(),
+        }
+    }
+
+    fn id(self, role: Role) -> usize {
+        match role {
+            Role::Fast => self.fast,
+            Role::Slow => self.slow,
+        }
+    }
+
+    fn role(self, id: usize) -> Option<Role> {
+        [Role::Fast, Role::Slow]
+            .into_iter()
+            .find(|&role| self.id(role) == id)
+    }
+}
+
+/// A [`Stats`] snapshot of the fanout, taken from one of its branches, and
+/// which branch is which.
+#[derive(Clone, Debug)]
+struct FanoutStats {
+    stats: Stats,
+    roles: BranchRoles,
+}
+
+impl FanoutStats {
+    fn of<S: Stream>(branch: &Branch<S>, roles: BranchRoles) -> Self {
+        FanoutStats {
+            stats: branch.stats(),
+            roles,
+        }
+    }
+
+    /// How long `role`'s branch has held the upstream back.
+    fn held_upstream(&self, role: Role) -> Duration {
+        let id = self.roles.id(role);
+        self.stats
+            .branches
+            .iter()
+            .find(|branch| branch.id == id)
+            .map_or(Duration::ZERO, |branch| branch.stalled_upstream)
+    }
+
+    /// `"the slow branch (id 1)"`.
+    fn name(&self, branch: &BranchStats) -> String {
+        match self.roles.role(branch.id) {
+            Some(role) => format!("the {} branch (id {})", role.name(), branch.id),
+            None => format!("branch {}", branch.id),
+        }
+    }
+
+    fn print_table(&self) {
+        for line in self.stats.to_string().lines() {
+            println!("        {line}");
+        }
+    }
+
+    /// Names the branch that lags the most: the one that holds the upstream
+    /// back whenever the buffer is full.
+    fn print_slowest(&self) {
+        if let Some(slowest) = self.stats.slowest() {
+            println!(
+                "        slowest: {}, lag {} of {}; it held the upstream back {:.2} s so far",
+                self.name(slowest),
+                group_digits(slowest.lag as u64),
+                group_digits(self.stats.capacity as u64),
+                slowest.stalled_upstream.as_secs_f64(),
+            );
+        }
+    }
+
+    /// How long each branch held the upstream back, in a run of `elapsed`.
+    fn print_held_upstream(&self, elapsed: Duration) {
+        let shares: Vec<String> = self
+            .stats
+            .branches
+            .iter()
+            .map(|branch| {
+                format!(
+                    "{} {:.2} s ({:.0}%)",
+                    self.name(branch),
+                    branch.stalled_upstream.as_secs_f64(),
+                    100.0 * branch.stalled_upstream.as_secs_f64() / elapsed.as_secs_f64(),
+                )
+            })
+            .collect();
+        println!(
+            "        held the upstream back, in a {:.2} s run: {}",
+            elapsed.as_secs_f64(),
+            shares.join(", "),
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
 // The consumers
 
+/// A consumer that has read its whole stream: when it finished, and the
+/// stream, still alive, so that a fanout's final statistics still list its
+/// branch.
+struct Consumed<S> {
+    stream: S,
+    finished: Instant,
+}
+
 /// Reads every event of `events` and does `role`'s work on it, checking
 /// that the events come in order with none missing; calls `after_read` with
-/// the stream after each event. Returns when the stream ended.
+/// the stream and the number of events read so far after each event.
+/// Returns when the stream ended.
 async fn consume<S>(
     mut events: S,
     role: Role,
     progress: Arc<Progress>,
-    after_read: impl Fn(&S),
-) -> Instant
+    after_read: impl Fn(&S, u64),
+) -> Consumed<S>
 where
     S: Stream<Item = Event> + Unpin,
 {
@@ -331,47 +498,58 @@ where
         expected_id += 1;
         checksum = checksum.wrapping_add(role.process(&event));
         read.fetch_add(1, Relaxed);
-        after_read(&events);
+        after_read(&events, expected_id);
         // Let the scheduler in now and then: this loop is CPU-bound, and
         // neither a branch nor an unbounded receiver takes part in tokio's
         // cooperative budget, so it would otherwise hog its worker thread.
         tokio::task::consume_budget().await;
     }
     black_box(checksum);
-    Instant::now()
+    Consumed {
+        stream: events,
+        finished: Instant::now(),
+    }
 }
 
 /// Spawns the fast and the slow consumer, each in a task of its own, and
-/// returns when each finished. `slow_backlog` tells the slow consumer's
-/// backlog from its stream, after each read.
+/// returns them when both are done. `observe_slow` is called with the slow
+/// consumer's stream and its count of events read, after each read.
 async fn run_consumers<F, S>(
     fast: F,
     slow: S,
     progress: &Arc<Progress>,
-    slow_backlog: impl Fn(&S) -> usize + Send + 'static,
-) -> Finished
+    observe_slow: impl Fn(&S, u64) + Send + 'static,
+) -> (Consumed<F>, Consumed<S>)
 where
     F: Stream<Item = Event> + Unpin + Send + 'static,
     S: Stream<Item = Event> + Unpin + Send + 'static,
 {
-    let fast = tokio::spawn(consume(fast, Role::Fast, Arc::clone(progress), |_| {}));
-    let recorder = Arc::clone(progress);
+    let fast = tokio::spawn(consume(fast, Role::Fast, Arc::clone(progress), |_, _| {}));
     let slow = tokio::spawn(consume(
         slow,
         Role::Slow,
         Arc::clone(progress),
-        move |slow| recorder.record_buffered(slow_backlog(slow)),
+        observe_slow,
     ));
-    Finished {
-        fast: fast.await.expect("the fast consumer panicked"),
-        slow: slow.await.expect("the slow consumer panicked"),
-    }
+    (
+        fast.await.expect("the fast consumer panicked"),
+        slow.await.expect("the slow consumer panicked"),
+    )
 }
 
 /// When each consumer finished.
 struct Finished {
     fast: Instant,
     slow: Instant,
+}
+
+impl Finished {
+    fn of<F, S>(fast: &Consumed<F>, slow: &Consumed<S>) -> Self {
+        Finished {
+            fast: fast.finished,
+            slow: slow.finished,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -416,10 +594,23 @@ impl Scenario {
     }
 }
 
-/// `fanout`'s tee: the slow branch's lag is the number of buffered events.
+/// `fanout`'s tee: the slow branch's lag is the number of buffered events,
+/// and the slow consumer publishes a snapshot of the statistics every
+/// `STATS_EVERY` events. The final snapshot is taken when both consumers are
+/// done but still hold their branches, so that it lists both.
 async fn through_fanout(config: Config, progress: &Arc<Progress>) -> Finished {
     let (fast, slow) = upstream(config.events).tee(config.cap);
-    run_consumers(fast, slow, progress, |slow| slow.lag()).await
+    let roles = BranchRoles::of(&fast, &slow);
+    let recorder = Arc::clone(progress);
+    let (fast, slow) = run_consumers(fast, slow, progress, move |slow, read| {
+        recorder.record_buffered(slow.lag());
+        if read % STATS_EVERY == 0 {
+            recorder.publish_stats(FanoutStats::of(slow, roles));
+        }
+    })
+    .await;
+    progress.publish_stats(FanoutStats::of(&slow.stream, roles));
+    Finished::of(&fast, &slow)
 }
 
 /// The naive tee, with a pump task that feeds the unbounded queues.
@@ -431,9 +622,12 @@ async fn through_naive_tee(config: Config, progress: &Arc<Progress>) -> Finished
     let (pump, fast, slow) = naive_tee(counted);
     let pump = tokio::spawn(pump);
     let recorder = Arc::clone(progress);
-    let finished = run_consumers(fast, slow, progress, move |_| recorder.naive_backlog()).await;
+    let (fast, slow) = run_consumers(fast, slow, progress, move |_, _| {
+        recorder.record_buffered(recorder.naive_backlog());
+    })
+    .await;
     pump.await.expect("the pump panicked");
-    finished
+    Finished::of(&fast, &slow)
 }
 
 /// An unbounded tee as it is often written by hand: a pump that pulls the
@@ -487,6 +681,13 @@ fn run_scenario(scenario: Scenario, config: &Config) -> Outcome {
         let read = progress.read_by(role).load(Relaxed);
         assert_eq!(read, config.events, "the {role:?} consumer missed events");
     }
+    let final_stats = progress.latest_stats();
+    if let Some(stats) = &final_stats {
+        println!("  final statistics of the fanout:");
+        stats.print_table();
+        stats.print_held_upstream(elapsed);
+    }
+    let held_upstream = |role| final_stats.as_ref().map(|stats| stats.held_upstream(role));
 
     Outcome {
         scenario,
@@ -496,6 +697,8 @@ fn run_scenario(scenario: Scenario, config: &Config) -> Outcome {
         fast_done: finished.fast - started,
         slow_done: finished.slow - started,
         peak_buffered: progress.peak_buffered.load(Relaxed),
+        fast_held_upstream: held_upstream(Role::Fast),
+        slow_held_upstream: held_upstream(Role::Slow),
         rss_at_start,
         peak_rss: memory_kib(MemoryField::Peak),
     }
@@ -516,6 +719,9 @@ struct Outcome {
     slow_done: Duration,
     /// The largest backlog of the slow consumer seen, in events.
     peak_buffered: usize,
+    /// How long each branch held the upstream back (`fanout` only).
+    fast_held_upstream: Option<Duration>,
+    slow_held_upstream: Option<Duration>,
     rss_at_start: Option<u64>,
     peak_rss: Option<u64>,
 }
@@ -541,9 +747,10 @@ impl Outcome {
     /// One line of `key=value` pairs, for the parent process.
     fn encode(&self) -> String {
         let optional = |value: Option<u64>| value.map_or("-".to_string(), |v| v.to_string());
+        let nanos = |duration: Option<Duration>| optional(duration.map(|d| d.as_nanos() as u64));
         format!(
-            "scenario={} cap={} events={} elapsed_ns={} \
-             fast_done_ns={} slow_done_ns={} peak_buffered={} rss_at_start={} peak_rss={}",
+            "scenario={} cap={} events={} elapsed_ns={} fast_done_ns={} slow_done_ns={} \
+             peak_buffered={} fast_held_ns={} slow_held_ns={} rss_at_start={} peak_rss={}",
             self.scenario.name(),
             optional(self.cap.map(|cap| cap as u64)),
             self.events,
@@ -551,6 +758,8 @@ impl Outcome {
             self.fast_done.as_nanos(),
             self.slow_done.as_nanos(),
             self.peak_buffered,
+            nanos(self.fast_held_upstream),
+            nanos(self.slow_held_upstream),
             optional(self.rss_at_start),
             optional(self.peak_rss),
         )
@@ -586,6 +795,8 @@ impl Outcome {
             fast_done: Duration::from_nanos(number("fast_done_ns")?),
             slow_done: Duration::from_nanos(number("slow_done_ns")?),
             peak_buffered: number("peak_buffered")? as usize,
+            fast_held_upstream: optional("fast_held_ns")?.map(Duration::from_nanos),
+            slow_held_upstream: optional("slow_held_ns")?.map(Duration::from_nanos),
             rss_at_start: optional("rss_at_start")?,
             peak_rss: optional("peak_rss")?,
         })
@@ -656,7 +867,7 @@ fn run_child(scenario: Scenario, config: &Config) -> Result<Outcome, String> {
 type Row = (&'static str, fn(&Outcome) -> String);
 
 fn print_comparison(outcomes: &[Outcome]) {
-    let rows: [Row; 9] = [
+    let rows: [Row; 11] = [
         ("events per branch", |o| group_digits(o.events)),
         ("elapsed", |o| format!("{:.2} s", o.elapsed.as_secs_f64())),
         ("throughput", |o| {
@@ -670,6 +881,12 @@ fn print_comparison(outcomes: &[Outcome]) {
         }),
         ("buffer cap", |o| cap_text(o.cap)),
         ("peak buffered", |o| group_digits(o.peak_buffered as u64)),
+        ("fast held upstream", |o| {
+            held_upstream(o.fast_held_upstream)
+        }),
+        ("slow held upstream", |o| {
+            held_upstream(o.slow_held_upstream)
+        }),
         ("RSS at start", |o| mib(o.rss_at_start)),
         ("peak RSS (VmHWM)", |o| mib(o.peak_rss)),
     ];
@@ -714,6 +931,14 @@ fn memory_kib(field: MemoryField) -> Option<u64> {
 fn mib(kib: Option<u64>) -> String {
     kib.map_or("n/a".to_string(), |kib| {
         format!("{:.1} MiB", kib as f64 / 1024.0)
+    })
+}
+
+/// How long a branch held the upstream back, or "never" for the naive tee,
+/// whose pump nothing holds back.
+fn held_upstream(held: Option<Duration>) -> String {
+    held.map_or("never".to_string(), |held| {
+        format!("{:.2} s", held.as_secs_f64())
     })
 }
 

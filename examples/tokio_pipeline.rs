@@ -1,29 +1,42 @@
 //! The shape of a tokio service: one event source fanned out to three
-//! consumers, with backpressure from the slowest all the way to the producer.
+//! lossless consumers, with backpressure from the slowest all the way to the
+//! producer, and to a lossy live dashboard that never holds anyone back.
 //!
 //! A producer task generates fake JSON-ish access-log lines and sends them
 //! into a bounded tokio `mpsc` channel. The receiving end, turned into a
-//! `Stream` with `futures::stream::unfold`, is split with `fanout(3, CAP)`
-//! into three branches, each consumed by a task of its own:
+//! `Stream` with `futures::stream::unfold`, is split with `fanout(4, CAP)`
+//! into four branches, each consumed by a task of its own:
 //!
 //! - a **parser**, which parses every line and counts lines per service and
 //!   malformed lines;
 //! - a **metrics aggregator**, which counts log levels and status classes and
 //!   computes latency percentiles;
 //! - an **audit writer**, which writes every raw line to an audit log and
-//!   flushes it every `AUDIT_BATCH` lines, sleeping to simulate a slow disk.
+//!   flushes it every `AUDIT_BATCH` lines, sleeping to simulate a slow disk;
+//! - a **live dashboard**, which shows the error rate of the lines it gets
+//!   and redraws after every `DASHBOARD_BATCH` of them, each redraw taking
+//!   `DASHBOARD_REDRAW`: several times slower than the audit writer. Its
+//!   branch is turned [`into_lossy`](fanout::Branch::into_lossy): it never
+//!   applies backpressure, and when the others need the room it gives lines
+//!   up, then yields `Err(Lagged(k))` with the number `k` it missed.
 //!
-//! The audit writer is the slowest: its lag reaches the fanout's capacity,
-//! the other two wait for it, the fanout stops pulling the channel, and the
-//! producer's `send` waits for room. Nothing grows: at most `CAP` lines are
-//! buffered by the fanout, and `SOURCE_QUEUE` by the channel. Lines are
-//! `Arc<str>`, so the copy each branch gets is a reference count, not a
-//! string.
+//! The audit writer is the slowest of the lossless consumers: its lag
+//! reaches the fanout's capacity, the parser and the metrics aggregator wait
+//! for it, the fanout stops pulling the channel, and the producer's `send`
+//! waits for room. Nothing grows: at most `CAP` lines are buffered by the
+//! fanout, and `SOURCE_QUEUE` by the channel. Lines are `Arc<str>`, so the
+//! copy each branch gets is a reference count, not a string.
 //!
-//! At the end each consumer reports what it found, how many lines it read
-//! (the same number for all three), its lag (read with `Branch::lag`) and
-//! how long it waited for lines: the parser and the metrics aggregator spend
-//! most of the run waiting for the audit writer, which hardly waits at all.
+//! At the end each lossless consumer reports what it found, how many lines
+//! it read (every line, for all three), its lag (read with `Branch::lag`)
+//! and how long it waited for lines: the parser and the metrics aggregator
+//! spend most of the run waiting for the audit writer, which hardly waits at
+//! all, so nothing held it back, not even the slower dashboard. The
+//! dashboard reports the lines it showed and the ones it missed (together,
+//! every line) and how close its sampled error rate is to the exact one.
+//! Last comes the final [`fanout::Stats`] table, taken from one branch once
+//! every consumer is done: how long each branch held the upstream back, and
+//! what the lossy one missed.
 //!
 //! Run it with:
 //!
@@ -41,7 +54,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fanout::{Branch, StreamExt as _};
+use fanout::{Branch, Lagged, Lossy, Stats, StreamExt as _};
 use futures::stream::{self, BoxStream, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
@@ -56,6 +69,11 @@ const CAP: usize = 128;
 const AUDIT_BATCH: u64 = 200;
 /// ...and each flush takes this long (a slow disk).
 const AUDIT_FLUSH_DELAY: Duration = Duration::from_millis(20);
+/// The dashboard redraws after every `DASHBOARD_BATCH` lines it shows...
+const DASHBOARD_BATCH: u64 = 50;
+/// ...and each redraw takes this long: the dashboard keeps up with about a
+/// quarter of the lines the audit writer can take.
+const DASHBOARD_REDRAW: Duration = Duration::from_millis(20);
 
 /// One log line, shared by the branches rather than copied.
 type Line = Arc<str>;
@@ -68,25 +86,38 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let (sender, receiver) = mpsc::channel(SOURCE_QUEUE);
     let producer = tokio::spawn(produce(sender, LINES));
 
-    let [parser, metrics, audit]: [Branch<Source>; 3] = receiver_stream(receiver)
-        .fanout(3, CAP)
+    let [parser, metrics, audit, dashboard]: [Branch<Source>; 4] = receiver_stream(receiver)
+        .fanout(4, CAP)
         .try_into()
-        .expect("fanout(3, ..) returns three branches");
+        .expect("fanout(4, ..) returns four branches");
     let parser = tokio::spawn(parse_lines(parser));
     let metrics = tokio::spawn(aggregate_metrics(metrics));
     let audit = tokio::spawn(write_audit_log(audit, tokio::io::sink()));
+    let dashboard = tokio::spawn(show_dashboard(dashboard.into_lossy()));
 
     let produced = producer.await?;
     let parser = parser.await?;
     let metrics = metrics.await?;
     let audit = audit.await??;
+    let dashboard = dashboard.await?;
     let elapsed = started.elapsed();
+    // Every consumer still holds its branch, so the snapshot lists them all.
+    let stats = audit.input.branch.stats();
 
-    print_summary(&produced, &parser, &metrics, &audit);
+    print_summary(&produced, &parser, &metrics, &audit, &dashboard);
+    print_stats(&stats, &parser, &metrics, &audit, &dashboard);
     println!("\nelapsed {:.2} s", elapsed.as_secs_f64());
-    for seen in [&parser.input, &metrics.input, &audit.input] {
-        assert_eq!(seen.lines, produced.lines, "every consumer sees every line");
+    for input in [&parser.input, &metrics.input, &audit.input] {
+        assert_eq!(
+            input.seen.lines, produced.lines,
+            "every lossless consumer sees every line"
+        );
     }
+    assert_eq!(
+        dashboard.seen.shown + dashboard.seen.missed,
+        produced.lines,
+        "the dashboard shows every line or reports it missed"
+    );
     Ok(())
 }
 
@@ -265,7 +296,8 @@ fn json_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 // The consumers
 
 /// A consumer's branch, recording how many lines it read, how far behind
-/// it was, and how long it waited for lines.
+/// it was, and how long it waited for lines. The consumer's report keeps it,
+/// and with it the branch, so that the final statistics still list it.
 struct Input {
     branch: Branch<Source>,
     seen: InputReport,
@@ -314,7 +346,7 @@ impl InputReport {
 }
 
 struct ParserReport {
-    input: InputReport,
+    input: Input,
     malformed: u64,
     per_service: BTreeMap<String, u64>,
 }
@@ -331,14 +363,14 @@ async fn parse_lines(branch: Branch<Source>) -> ParserReport {
         }
     }
     ParserReport {
-        input: input.seen,
+        input,
         malformed,
         per_service,
     }
 }
 
 struct MetricsReport {
-    input: InputReport,
+    input: Input,
     per_level: BTreeMap<Level, u64>,
     per_status_class: BTreeMap<StatusClass, u64>,
     /// Latencies of all well-formed lines, sorted.
@@ -351,6 +383,12 @@ impl MetricsReport {
         let last = self.latencies_ms.len().saturating_sub(1);
         let index = (last as f64 * fraction).round() as usize;
         self.latencies_ms.get(index).copied().unwrap_or(0)
+    }
+
+    /// The share of well-formed lines logged at `ERROR`.
+    fn error_rate(&self) -> f64 {
+        let errors = self.per_level.get(&Level::Error).copied().unwrap_or(0);
+        errors as f64 / self.latencies_ms.len().max(1) as f64
     }
 }
 
@@ -372,7 +410,7 @@ async fn aggregate_metrics(branch: Branch<Source>) -> MetricsReport {
     }
     latencies_ms.sort_unstable();
     MetricsReport {
-        input: input.seen,
+        input,
         per_level,
         per_status_class,
         latencies_ms,
@@ -380,7 +418,7 @@ async fn aggregate_metrics(branch: Branch<Source>) -> MetricsReport {
 }
 
 struct AuditReport {
-    input: InputReport,
+    input: Input,
     bytes: u64,
     flushes: u64,
 }
@@ -400,7 +438,7 @@ async fn write_audit_log(
     }
     log.flush().await?;
     Ok(AuditReport {
-        input: input.seen,
+        input,
         bytes: log.bytes,
         flushes: log.flushes,
     })
@@ -437,6 +475,64 @@ impl<W: AsyncWrite + Unpin> AuditLog<W> {
     }
 }
 
+/// What the dashboard showed and missed.
+#[derive(Debug, Default)]
+struct DashboardView {
+    /// Lines shown, and among their well-formed ones, those at `ERROR`.
+    shown: u64,
+    well_formed: u64,
+    errors: u64,
+    /// Lines missed, and the `Err(Lagged(_))` reports that told so.
+    missed: u64,
+    gaps: u64,
+}
+
+impl DashboardView {
+    /// Shows `line`; returns whether it is time to redraw.
+    fn show(&mut self, line: &str) -> bool {
+        self.shown += 1;
+        if let Some(record) = LogRecord::parse(line) {
+            self.well_formed += 1;
+            self.errors += u64::from(record.level == Level::Error);
+        }
+        self.shown % DASHBOARD_BATCH == 0
+    }
+
+    fn skip(&mut self, Lagged(missed): Lagged) {
+        self.missed += missed;
+        self.gaps += 1;
+    }
+
+    /// The share of `ERROR` lines among the well-formed lines shown: an
+    /// estimate, from a sample, of the exact rate.
+    fn error_rate(&self) -> f64 {
+        self.errors as f64 / self.well_formed.max(1) as f64
+    }
+}
+
+struct DashboardReport {
+    /// Kept so that the final statistics still list it.
+    branch: Lossy<Source>,
+    seen: DashboardView,
+}
+
+/// Shows the error rate of the lines it gets, redrawing after every
+/// `DASHBOARD_BATCH` of them; the lines it has no time for are given up.
+async fn show_dashboard(mut branch: Lossy<Source>) -> DashboardReport {
+    let mut seen = DashboardView::default();
+    while let Some(delivery) = branch.next().await {
+        match delivery {
+            Ok(line) => {
+                if seen.show(&line) {
+                    tokio::time::sleep(DASHBOARD_REDRAW).await;
+                }
+            }
+            Err(lagged) => seen.skip(lagged),
+        }
+    }
+    DashboardReport { branch, seen }
+}
+
 // ---------------------------------------------------------------------------
 // The summary
 
@@ -445,9 +541,11 @@ fn print_summary(
     parser: &ParserReport,
     metrics: &MetricsReport,
     audit: &AuditReport,
+    dashboard: &DashboardReport,
 ) {
     println!(
-        "{} log lines -> fanout(3, cap {CAP}) -> parser, metrics, audit writer\n",
+        "{} log lines -> fanout(4, cap {CAP}) -> parser, metrics, audit writer, \
+         lossy dashboard\n",
         produced.lines
     );
     println!(
@@ -480,16 +578,55 @@ fn print_summary(
         audit.flushes,
         AUDIT_FLUSH_DELAY.as_millis(),
     );
+    let view = &dashboard.seen;
+    println!(
+        "dashboard showed {} lines and missed {} (told in {} `Lagged` reports), \
+         redrew {} times",
+        view.shown,
+        view.missed,
+        view.gaps,
+        view.shown / DASHBOARD_BATCH,
+    );
+    println!(
+        "          ERROR rate in the lines shown {:.2}%, exact {:.2}%",
+        100.0 * view.error_rate(),
+        100.0 * metrics.error_rate(),
+    );
 }
 
-fn print_input(consumer: &str, input: &InputReport) {
+fn print_input(consumer: &str, input: &Input) {
+    let seen = &input.seen;
     println!(
         "{consumer:<9} read {} lines, waited {:.2} s for them; lag mean {:5.1}, max {:>3} of {}",
-        input.lines,
-        input.waited.as_secs_f64(),
-        input.mean_lag(),
-        input.max_lag,
-        input.capacity,
+        seen.lines,
+        seen.waited.as_secs_f64(),
+        seen.mean_lag(),
+        seen.max_lag,
+        seen.capacity,
+    );
+}
+
+/// The final statistics, and which consumer reads which branch.
+fn print_stats(
+    stats: &Stats,
+    parser: &ParserReport,
+    metrics: &MetricsReport,
+    audit: &AuditReport,
+    dashboard: &DashboardReport,
+) {
+    let consumers = [
+        ("parser", parser.input.branch.id()),
+        ("metrics", metrics.input.branch.id()),
+        ("audit", audit.input.branch.id()),
+        ("dashboard", dashboard.branch.id()),
+    ];
+    let legend: Vec<String> = consumers
+        .iter()
+        .map(|(consumer, id)| format!("{id} {consumer}"))
+        .collect();
+    println!(
+        "\nfinal statistics (branches: {}):\n{stats}",
+        legend.join(", ")
     );
 }
 
