@@ -142,7 +142,7 @@ where
         let ((lower, upper), gap_to_report) = self.branch.remaining();
         let pending = usize::from(gap_to_report);
         (
-            (lower + pending).min(1),
+            usize::from(lower > 0 || gap_to_report),
             upper.and_then(|upper| upper.checked_add(pending)),
         )
     }
