@@ -1,0 +1,1183 @@
+//! Lossy branches: they never hold anyone back, give up the oldest item when
+//! a branch needs room, report every gap as `Err(Lagged(k))` with the exact
+//! count, and show up in the statistics with what they missed. Backpressure
+//! branches beside them keep holding each other back, and memory stays
+//! bounded.
+
+mod support;
+
+use std::collections::HashSet;
+use std::error::Error;
+use std::ops::Range;
+use std::task::Poll;
+use std::time::Duration;
+
+use fanout::{Branch, BranchStats, Lagged, Lossy, Stats, StreamExt as _};
+use futures::channel::mpsc;
+use futures::stream::{self, FusedStream, Stream};
+
+use support::{poll_once, poll_with, CountingPolls, PollCounts, Rng, Tracked, Tracker, WakeFlag};
+
+type Upstream = CountingPolls<stream::Iter<Range<u64>>>;
+
+/// Fans `0..len` out into `n` branches of capacity `cap`, counting polls.
+fn counted(len: u64, n: usize, cap: usize) -> (Vec<Branch<Upstream>>, PollCounts) {
+    let (upstream, counts) = CountingPolls::new(stream::iter(0..len));
+    (upstream.fanout(n, cap), counts)
+}
+
+/// The entry of branch `id` in `stats`.
+fn entry(stats: &Stats, id: usize) -> &BranchStats {
+    stats
+        .branches
+        .iter()
+        .find(|branch| branch.id == id)
+        .unwrap_or_else(|| panic!("no entry for branch {id} in {stats:?}"))
+}
+
+/// Polls `branch` once and expects item `expected`.
+fn read<S>(branch: &mut Branch<S>, expected: u64)
+where
+    S: Stream<Item = u64> + Unpin,
+{
+    assert_eq!(poll_once(branch), Poll::Ready(Some(expected)));
+}
+
+/// Polls a lossy branch once and expects `expected`.
+fn expect<S>(branch: &mut Lossy<S>, expected: Result<u64, Lagged>)
+where
+    S: Stream<Item = u64> + Unpin,
+{
+    assert_eq!(poll_once(branch), Poll::Ready(Some(expected)));
+}
+
+/// Everything `stream` yields until `None`, polling it alone: it must never
+/// wait (every upstream here is always ready, so a `Pending` means it waits
+/// for another branch), which fails the test instead of hanging it.
+fn drain<St: Stream + Unpin>(stream: &mut St) -> Vec<St::Item> {
+    let mut items = Vec::new();
+    loop {
+        match poll_once(stream) {
+            Poll::Ready(Some(item)) => items.push(item),
+            Poll::Ready(None) => return items,
+            Poll::Pending => panic!("waited after {} items", items.len()),
+        }
+    }
+}
+
+/// Checks what a lossy branch yielded from position `start` of an upstream
+/// of `len` items: increasing items, each gap reported by a `Lagged` with
+/// its exact size, and reports plus items adding up to every item. Returns
+/// the number of items missed.
+fn check_gaps(yielded: &[Result<u64, Lagged>], start: u64, len: u64) -> u64 {
+    let mut next = start;
+    let mut missed = 0;
+    let mut received = 0;
+    for (i, outcome) in yielded.iter().enumerate() {
+        match *outcome {
+            Ok(item) => {
+                assert_eq!(item, next, "item {i} of {yielded:?}");
+                next += 1;
+                received += 1;
+            }
+            Err(Lagged(k)) => {
+                assert!(k > 0, "an empty report at {i} of {yielded:?}");
+                next += k;
+                missed += k;
+            }
+        }
+    }
+    assert_eq!(next, len, "reports and items do not add up: {yielded:?}");
+    assert_eq!(missed + received, len - start);
+    missed
+}
+
+// ---------------------------------------------------------------------------
+// Nobody waits for a lossy branch
+
+#[test]
+fn a_lossy_branch_never_makes_a_backpressure_branch_wait() {
+    const LEN: u64 = 1000;
+    for cap in 1..=4 {
+        for lossy in 1..=2 {
+            let (mut branches, counts) = counted(LEN, 1 + lossy, cap);
+            let mut main = branches.remove(0);
+            let mut taps: Vec<_> = branches.into_iter().map(Branch::into_lossy).collect();
+            for i in 0..LEN {
+                assert_eq!(
+                    poll_once(&mut main),
+                    Poll::Ready(Some(i)),
+                    "cap {cap}, {lossy} lossy: item {i}"
+                );
+                for tap in &taps {
+                    assert!(tap.lag() <= cap);
+                }
+            }
+            assert_eq!(poll_once(&mut main), Poll::Ready(None));
+            assert_eq!(counts.polls(), LEN as usize + 1, "one poll per item");
+
+            // To learn about the end, `main` needed one more slot: the taps
+            // gave that up too, and kept the last `cap - 1` items.
+            let missed = LEN - cap as u64 + 1;
+            let stats = main.stats();
+            assert_eq!(stats.pulled, LEN);
+            assert_eq!(stats.buffered, cap - 1);
+            for tap in &taps {
+                let tap_stats = entry(&stats, tap.id());
+                assert!(tap_stats.lossy);
+                assert_eq!(tap_stats.missed, missed);
+                assert_eq!(tap_stats.delivered, 0);
+                assert_eq!(tap_stats.lag, cap - 1);
+            }
+            assert!(!entry(&stats, main.id()).lossy);
+            assert_eq!(entry(&stats, main.id()).missed, 0);
+            for tap in &mut taps {
+                let mut want = vec![Err(Lagged(missed))];
+                want.extend((missed..LEN).map(Ok));
+                assert_eq!(drain(tap), want, "cap {cap}");
+                assert_eq!(entry(&tap.stats(), tap.id()).delivered, cap as u64 - 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_lossy_branch_at_the_oldest_position_gives_it_up_even_if_the_upstream_then_waits() {
+    let (tx, rx) = mpsc::unbounded::<u64>();
+    let (mut main, tap) = rx.tee(2);
+    let mut tap = tap.into_lossy();
+    tx.unbounded_send(0).unwrap();
+    tx.unbounded_send(1).unwrap();
+    read(&mut main, 0);
+    read(&mut main, 1);
+    assert_eq!(tap.stats().buffered, 2);
+
+    // `main` needs room to poll the channel, which has nothing: the tap's
+    // oldest item is gone all the same.
+    assert_eq!(poll_once(&mut main), Poll::Pending);
+    let stats = tap.stats();
+    assert_eq!(stats.buffered, 1);
+    assert_eq!(entry(&stats, tap.id()).missed, 1);
+    assert_eq!(tap.lag(), 1);
+    expect(&mut tap, Err(Lagged(1)));
+    expect(&mut tap, Ok(1));
+
+    // The channel closes: the poll that learns it needs no room now.
+    tx.unbounded_send(2).unwrap();
+    read(&mut main, 2);
+    drop(tx);
+    assert_eq!(poll_once(&mut main), Poll::Ready(None));
+    assert_eq!(drain(&mut tap), [Ok(2)]);
+    assert_eq!(entry(&tap.stats(), tap.id()).missed, 1);
+}
+
+// ---------------------------------------------------------------------------
+// Gaps and reports, scripted
+
+#[test]
+fn gaps_match_the_lagged_reports_exactly() {
+    let (branches, _) = counted(20, 2, 3);
+    let [mut main, tap]: [_; 2] = branches.try_into().unwrap();
+    let mut tap = tap.into_lossy();
+
+    // 5 items through a buffer of 3: the tap gave up 0 and 1.
+    for i in 0..5 {
+        read(&mut main, i);
+    }
+    let stats = main.stats();
+    assert_eq!(entry(&stats, tap.id()).missed, 2, "counted before reported");
+    assert_eq!((stats.buffered, tap.lag()), (3, 3));
+    expect(&mut tap, Err(Lagged(2)));
+    assert_eq!(
+        entry(&tap.stats(), tap.id()).missed,
+        2,
+        "reporting changes nothing"
+    );
+    expect(&mut tap, Ok(2));
+
+    // Not full (3 and 4 left, the tap at 3): nothing is given up.
+    read(&mut main, 5);
+    assert_eq!(entry(&main.stats(), tap.id()).missed, 2);
+    // Full: 3 and 4 go.
+    read(&mut main, 6);
+    read(&mut main, 7);
+    expect(&mut tap, Err(Lagged(2)));
+    expect(&mut tap, Ok(5));
+    expect(&mut tap, Ok(6));
+    expect(&mut tap, Ok(7));
+    // Caught up: it polls the upstream itself, with nothing to give up.
+    expect(&mut tap, Ok(8));
+    read(&mut main, 8);
+
+    // Two reports in a row: evicted again before it read anything.
+    for i in 9..12 {
+        read(&mut main, i);
+    }
+    let stats = main.stats();
+    assert_eq!((stats.buffered, entry(&stats, tap.id()).missed), (3, 4));
+    read(&mut main, 12); // gives up 9
+    expect(&mut tap, Err(Lagged(1)));
+    read(&mut main, 13); // gives up 10
+    expect(&mut tap, Err(Lagged(1)));
+    expect(&mut tap, Ok(11));
+
+    let rest: Vec<u64> = drain(&mut main);
+    assert_eq!(rest, (14..20).collect::<Vec<_>>());
+    // The tap, at 12, gave up 12 to 16 for `main` to read 15 to 19, and 17
+    // for `main` to see the end.
+    let tail = drain(&mut tap);
+    assert_eq!(tail, [Err(Lagged(6)), Ok(18), Ok(19)]);
+    let stats = tap.stats();
+    let tap_stats = entry(&stats, tap.id());
+    assert_eq!((tap_stats.missed, tap_stats.delivered), (12, 8));
+    assert_eq!(tap_stats.missed + tap_stats.delivered, 20);
+}
+
+#[test]
+fn every_lossy_branch_at_the_oldest_position_gives_it_up_and_the_others_keep_it() {
+    // Three lossy taps: one at the oldest position with another, one ahead.
+    let (mut branches, _) = counted(20, 4, 3);
+    let mut main = branches.remove(0);
+    let mut taps: Vec<_> = branches.into_iter().map(Branch::into_lossy).collect();
+    read(&mut main, 0);
+    expect(&mut taps[2], Ok(0));
+    read(&mut main, 1);
+    read(&mut main, 2);
+    // Full, taps 0 and 1 at 0, tap 2 at 1: the next item costs taps 0 and 1
+    // one item each, and tap 2 nothing.
+    read(&mut main, 3);
+    let stats = main.stats();
+    let missed: Vec<_> = taps.iter().map(|t| entry(&stats, t.id()).missed).collect();
+    assert_eq!(missed, [1, 1, 0]);
+    // Now all three are at the oldest position, 1.
+    read(&mut main, 4);
+    let stats = main.stats();
+    let missed: Vec<_> = taps.iter().map(|t| entry(&stats, t.id()).missed).collect();
+    assert_eq!(missed, [2, 2, 1]);
+    expect(&mut taps[0], Err(Lagged(2)));
+    expect(&mut taps[1], Err(Lagged(2)));
+    expect(&mut taps[2], Err(Lagged(1)));
+    for tap in &mut taps {
+        expect(tap, Ok(2));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Forks and drops
+
+#[test]
+fn a_fork_of_a_lossy_branch_is_lossy_and_reports_its_own_gaps() {
+    let (branches, _) = counted(20, 2, 2);
+    let [mut main, tap]: [_; 2] = branches.try_into().unwrap();
+    let mut tap = tap.into_lossy();
+    read(&mut main, 0);
+    read(&mut main, 1);
+    let mut fork = tap.clone();
+    assert_eq!(fork.id(), 2);
+    let stats = fork.stats();
+    let fork_stats = entry(&stats, fork.id());
+    assert!(fork_stats.lossy);
+    assert_eq!(
+        (fork_stats.lag, fork_stats.delivered, fork_stats.missed),
+        (2, 0, 0)
+    );
+
+    // Both are at the oldest position: both give item 0 up.
+    read(&mut main, 2);
+    let stats = main.stats();
+    assert_eq!(entry(&stats, tap.id()).missed, 1);
+    assert_eq!(entry(&stats, fork.id()).missed, 1);
+    expect(&mut tap, Err(Lagged(1)));
+    expect(&mut tap, Ok(1));
+
+    // Only the fork is left at the oldest position, 1.
+    read(&mut main, 3);
+    let stats = main.stats();
+    assert_eq!(entry(&stats, tap.id()).missed, 1);
+    assert_eq!(entry(&stats, fork.id()).missed, 2);
+    expect(&mut fork, Err(Lagged(2)));
+    expect(&mut fork, Ok(2));
+    expect(&mut tap, Ok(2));
+
+    // A fork made while a report is pending starts with no report of its
+    // own, at the same position; the report stays with the original.
+    read(&mut main, 4); // full again: 3 and 4, both taps at 3
+    read(&mut main, 5); // gives 3 up
+    let mut late = fork.clone();
+    assert!(entry(&late.stats(), late.id()).lossy);
+    assert_eq!(entry(&late.stats(), late.id()).missed, 0);
+    expect(&mut late, Ok(4));
+    expect(&mut fork, Err(Lagged(1)));
+    expect(&mut fork, Ok(4));
+
+    // The original tap goes away mid-way; the forks go on.
+    drop(tap);
+    let ids: Vec<_> = main.stats().branches.iter().map(|b| b.id).collect();
+    assert_eq!(ids, [0, 2, 3]);
+    let rest: Vec<u64> = drain(&mut main);
+    assert_eq!(rest, (6..20).collect::<Vec<_>>());
+    let fork_rest = drain(&mut fork);
+    let late_rest = drain(&mut late);
+    // Both forks were at 5 after reading 4; each reports its own gap.
+    assert_eq!(check_gaps(&fork_rest, 5, 20), 14);
+    assert_eq!(check_gaps(&late_rest, 5, 20), 14);
+    let stats = main.stats();
+    assert_eq!(entry(&stats, fork.id()).missed, 2 + 1 + 14);
+    assert_eq!(entry(&stats, late.id()).missed, 14);
+}
+
+#[test]
+fn a_fork_of_a_backpressure_branch_beside_a_lossy_one_applies_backpressure() {
+    let (branches, _) = counted(20, 2, 2);
+    let [mut main, tap]: [_; 2] = branches.try_into().unwrap();
+    let tap = tap.into_lossy();
+    let mut fork = main.clone();
+    assert!(!entry(&fork.stats(), fork.id()).lossy);
+    read(&mut main, 0);
+    read(&mut main, 1);
+    // The fork is at the oldest position with the tap: `main` waits.
+    assert_eq!(poll_once(&mut main), Poll::Pending);
+    assert_eq!(entry(&main.stats(), tap.id()).missed, 0);
+    read(&mut fork, 0);
+    // Now only the tap holds item 0: `main` goes on, the tap gives it up.
+    read(&mut main, 2);
+    assert_eq!(entry(&main.stats(), tap.id()).missed, 1);
+}
+
+#[test]
+fn dropping_a_lossy_branch_with_a_report_pending_frees_its_items() {
+    let tracker = Tracker::new();
+    let (mut main, tap) = tracker.stream(10).tee(3);
+    let tap = tap.into_lossy();
+    for i in 0..5 {
+        assert_eq!(
+            poll_once(&mut main).map(|o| o.map(|t| t.value)),
+            Poll::Ready(Some(i))
+        );
+    }
+    let stats = main.stats();
+    assert_eq!((stats.buffered, entry(&stats, tap.id()).missed), (3, 2));
+    assert_eq!(tracker.live(), 3);
+    drop(tap);
+    let stats = main.stats();
+    assert_eq!(stats.buffered, 0);
+    assert_eq!(stats.branches.len(), 1);
+    assert_eq!(tracker.live(), 0);
+    assert_eq!(drain(&mut main).len(), 5);
+    drop(main);
+    assert_eq!(tracker.live(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Every branch lossy
+
+#[test]
+fn when_every_branch_is_lossy_the_buffer_is_a_ring_and_the_upstream_follows_the_fastest() {
+    const LEN: u64 = 100;
+    for cap in 1..=4 {
+        for n in 2..=3 {
+            let (branches, counts) = counted(LEN, n, cap);
+            let mut taps: Vec<_> = branches.into_iter().map(Branch::into_lossy).collect();
+            for i in 0..LEN {
+                expect(&mut taps[0], Ok(i));
+                assert_eq!(
+                    counts.yielded() as u64,
+                    i + 1,
+                    "pulled = what the fastest read"
+                );
+                let stats = taps[0].stats();
+                assert_eq!(stats.buffered, cap.min(i as usize + 1));
+                for tap in &taps[1..] {
+                    assert_eq!(tap.lag(), cap.min(i as usize + 1));
+                }
+            }
+            assert_eq!(poll_once(&mut taps[0]), Poll::Ready(None));
+            assert_eq!(counts.polls(), LEN as usize + 1);
+            let missed = LEN - cap as u64 + 1;
+            for tap in &mut taps[1..] {
+                let mut want = vec![Err(Lagged(missed))];
+                want.extend((missed..LEN).map(Ok));
+                assert_eq!(drain(tap), want, "cap {cap} n {n}");
+            }
+            assert_eq!(entry(&taps[0].stats(), taps[0].id()).missed, 0);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Stalls: a lossy branch never holds the upstream back
+
+/// Lets time pass, so that a stall in progress is measurably non-zero. The
+/// time itself is never compared with anything.
+fn pause() {
+    std::thread::sleep(Duration::from_millis(1));
+}
+
+#[test]
+fn a_lossy_branch_never_counts_as_holding_the_upstream_back() {
+    for cap in 1..=4 {
+        let (branches, _) = counted(100, 3, cap);
+        let [mut main, slow, tap]: [_; 3] = branches.try_into().unwrap();
+        let tap = tap.into_lossy();
+        for i in 0..cap as u64 {
+            read(&mut main, i);
+        }
+        // Full, with `slow` and the tap at the oldest position: only `slow`
+        // holds the upstream back, and so does a backpressure fork of it,
+        // but not a lossy fork of the tap.
+        let tap_fork = tap.clone();
+        let slow_fork = slow.clone();
+        pause();
+        let stats = main.stats();
+        assert!(entry(&stats, slow.id()).stalled_upstream > Duration::ZERO);
+        assert!(entry(&stats, slow_fork.id()).stalled_upstream > Duration::ZERO);
+        assert_eq!(entry(&stats, tap.id()).stalled_upstream, Duration::ZERO);
+        assert_eq!(
+            entry(&stats, tap_fork.id()).stalled_upstream,
+            Duration::ZERO
+        );
+        assert_eq!(entry(&stats, main.id()).stalled_upstream, Duration::ZERO);
+
+        // `slow` turns lossy: its stall ends there and then, and is kept.
+        drop(slow_fork);
+        let slow = slow.into_lossy();
+        let ended = entry(&main.stats(), slow.id()).stalled_upstream;
+        assert!(ended > Duration::ZERO);
+        pause();
+        assert_eq!(entry(&main.stats(), slow.id()).stalled_upstream, ended);
+
+        // Only lossy branches are left: `main` runs on, and the buffer is
+        // full after every item, with nobody stalling.
+        for i in cap as u64..cap as u64 + 10 {
+            read(&mut main, i);
+            pause();
+            let stats = main.stats();
+            assert_eq!(stats.buffered, cap);
+            assert_eq!(entry(&stats, tap.id()).stalled_upstream, Duration::ZERO);
+            assert_eq!(
+                entry(&stats, tap_fork.id()).stalled_upstream,
+                Duration::ZERO
+            );
+            assert_eq!(entry(&stats, slow.id()).stalled_upstream, ended);
+            assert_eq!(entry(&stats, main.id()).stalled_upstream, Duration::ZERO);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Backpressure among the backpressure branches
+
+#[test]
+fn backpressure_branches_still_hold_each_other_back_beside_a_lossy_one() {
+    const LEN: u64 = 40;
+    for cap in 1..=4 {
+        let (branches, counts) = counted(LEN, 3, cap);
+        let [mut fast, mut slow, tap]: [_; 3] = branches.try_into().unwrap();
+        let _tap = tap.into_lossy();
+        let mut fast_read = 0;
+        for slow_read in 0..LEN {
+            // `fast` reads until it is exactly `cap` items ahead of `slow`.
+            loop {
+                match poll_once(&mut fast) {
+                    Poll::Ready(Some(item)) => {
+                        assert_eq!(item, fast_read);
+                        fast_read += 1;
+                    }
+                    Poll::Pending => break,
+                    Poll::Ready(None) => break,
+                }
+                assert!(fast_read - slow_read <= cap as u64, "cap {cap}");
+                assert!(counts.yielded() as u64 - slow_read <= cap as u64);
+            }
+            assert_eq!(fast_read, LEN.min(slow_read + cap as u64), "cap {cap}");
+            read(&mut slow, slow_read);
+        }
+        assert_eq!(fast_read, LEN);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Wake-ups: a branch waiting for room is woken when only lossy branches are
+// left at the oldest position, however that came about.
+
+/// `main` full and waiting for room, `slow` and a lossy tap at the oldest
+/// position.
+fn waiting_beside_a_lossy_tap() -> (
+    Branch<Upstream>,
+    Branch<Upstream>,
+    Lossy<Upstream>,
+    std::sync::Arc<WakeFlag>,
+) {
+    let (branches, _) = counted(10, 3, 2);
+    let [mut main, slow, tap]: [_; 3] = branches.try_into().unwrap();
+    let tap = tap.into_lossy();
+    read(&mut main, 0);
+    read(&mut main, 1);
+    let flag = WakeFlag::new();
+    assert_eq!(poll_with(&mut main, &flag.waker()), Poll::Pending);
+    assert!(!flag.is_woken());
+    (main, slow, tap, flag)
+}
+
+#[test]
+fn a_room_waiter_is_woken_when_the_last_backpressure_branch_reads_past_the_oldest_item() {
+    let (mut main, mut slow, tap, flag) = waiting_beside_a_lossy_tap();
+    read(&mut slow, 0);
+    assert!(flag.is_woken(), "only the tap holds item 0 now");
+    read(&mut main, 2);
+    assert_eq!(entry(&main.stats(), tap.id()).missed, 1);
+}
+
+#[test]
+fn a_room_waiter_is_woken_when_the_last_backpressure_branch_at_the_oldest_item_is_dropped() {
+    let (mut main, slow, tap, flag) = waiting_beside_a_lossy_tap();
+    drop(slow);
+    assert!(flag.is_woken(), "only the tap holds item 0 now");
+    read(&mut main, 2);
+    assert_eq!(entry(&main.stats(), tap.id()).missed, 1);
+}
+
+#[test]
+fn a_room_waiter_is_woken_when_the_branch_at_the_oldest_item_turns_lossy() {
+    let (mut main, slow, tap, flag) = waiting_beside_a_lossy_tap();
+    let slow = slow.into_lossy();
+    assert!(flag.is_woken(), "only lossy branches hold item 0 now");
+    read(&mut main, 2);
+    let stats = main.stats();
+    assert_eq!(entry(&stats, tap.id()).missed, 1);
+    assert_eq!(entry(&stats, slow.id()).missed, 1);
+    assert!(entry(&stats, slow.id()).lossy);
+}
+
+// ---------------------------------------------------------------------------
+// Memory
+
+#[test]
+fn live_items_never_exceed_the_buffer_plus_the_held_ones_and_nothing_leaks() {
+    for cap in 1..=4 {
+        let tracker = Tracker::new();
+        let (mut main, tap) = tracker.stream(50).tee(cap);
+        let mut tap = tap.into_lossy();
+        let mut held: Vec<Tracked> = Vec::new();
+        let mut rng = Rng::new(cap as u64);
+        let mut main_done = false;
+        let mut tap_done = false;
+        while !(main_done && tap_done) {
+            if !main_done && rng.percent(70) {
+                match poll_once(&mut main) {
+                    Poll::Ready(Some(item)) => held.push(item),
+                    Poll::Ready(None) => main_done = true,
+                    Poll::Pending => unreachable!("nothing makes `main` wait"),
+                }
+            } else if !tap_done {
+                match poll_once(&mut tap) {
+                    Poll::Ready(Some(Ok(item))) => held.push(item),
+                    Poll::Ready(Some(Err(_))) => {}
+                    Poll::Ready(None) => tap_done = true,
+                    // `cap` items ahead of `main`, the tap waits for it.
+                    Poll::Pending => assert_eq!(main.lag(), cap),
+                }
+            }
+            if rng.percent(40) {
+                held.clear();
+            }
+            let buffered = main.stats().buffered;
+            assert!(buffered <= cap);
+            assert_eq!(tracker.live(), buffered + held.len(), "cap {cap}");
+        }
+        drop(held);
+        assert_eq!(tracker.live(), 0);
+        drop((main, tap));
+        assert_eq!(tracker.live(), 0);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Random interleavings against a reference model
+
+/// A branch of either kind, polled the same way.
+enum Handle<S: Stream> {
+    Backpressure(Branch<S>),
+    Lossy(Lossy<S>),
+}
+
+impl<S> Handle<S>
+where
+    S: Stream + Unpin,
+    S::Item: Clone,
+{
+    fn poll(&mut self) -> Poll<Option<Result<S::Item, Lagged>>> {
+        match self {
+            Handle::Backpressure(branch) => poll_once(branch).map(|o| o.map(Ok)),
+            Handle::Lossy(branch) => poll_once(branch),
+        }
+    }
+
+    fn id(&self) -> usize {
+        match self {
+            Handle::Backpressure(branch) => branch.id(),
+            Handle::Lossy(branch) => branch.id(),
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        match self {
+            Handle::Backpressure(branch) => branch.stats(),
+            Handle::Lossy(branch) => branch.stats(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            Handle::Backpressure(branch) => branch.size_hint(),
+            Handle::Lossy(branch) => branch.size_hint(),
+        }
+    }
+
+    fn is_terminated(&self) -> bool {
+        match self {
+            Handle::Backpressure(branch) => branch.is_terminated(),
+            Handle::Lossy(branch) => branch.is_terminated(),
+        }
+    }
+
+    fn fork(&self) -> Self {
+        match self {
+            Handle::Backpressure(branch) => Handle::Backpressure(branch.clone()),
+            Handle::Lossy(branch) => Handle::Lossy(branch.clone()),
+        }
+    }
+}
+
+/// What the model says a poll returns.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Item(u64),
+    Lagged(u64),
+    End,
+    Pending,
+}
+
+/// The reference model of one branch.
+#[derive(Debug, Clone)]
+struct ModelBranch {
+    id: usize,
+    lossy: bool,
+    position: u64,
+    delivered: u64,
+    missed: u64,
+    unreported: u64,
+}
+
+/// The reference model of a fanout over an upstream of `len` items that
+/// never returns `Pending`, written from the documented rules.
+#[derive(Debug)]
+struct Model {
+    cap: usize,
+    len: u64,
+    pulled: u64,
+    done: bool,
+    high_water: usize,
+    next_id: usize,
+    branches: Vec<ModelBranch>,
+}
+
+impl Model {
+    fn new(cap: usize, len: u64, lossy: &[bool]) -> Self {
+        Self {
+            cap,
+            len,
+            pulled: 0,
+            done: false,
+            high_water: 0,
+            next_id: lossy.len(),
+            branches: lossy
+                .iter()
+                .enumerate()
+                .map(|(id, &lossy)| ModelBranch {
+                    id,
+                    lossy,
+                    position: 0,
+                    delivered: 0,
+                    missed: 0,
+                    unreported: 0,
+                })
+                .collect(),
+        }
+    }
+
+    fn head(&self) -> u64 {
+        self.branches
+            .iter()
+            .map(|b| b.position)
+            .min()
+            .unwrap_or(self.pulled)
+    }
+
+    fn buffered(&self) -> usize {
+        (self.pulled - self.head()) as usize
+    }
+
+    fn poll(&mut self, i: usize) -> Outcome {
+        let branch = &mut self.branches[i];
+        if branch.unreported > 0 {
+            return Outcome::Lagged(std::mem::take(&mut branch.unreported));
+        }
+        if branch.position < self.pulled {
+            branch.position += 1;
+            branch.delivered += 1;
+            return Outcome::Item(branch.position - 1);
+        }
+        if self.done {
+            return Outcome::End;
+        }
+        if self.buffered() == self.cap {
+            // Room is needed: only lossy branches at the oldest position
+            // give it up, and they do before the upstream is polled.
+            let head = self.head();
+            let at_head = || self.branches.iter().filter(|b| b.position == head);
+            if at_head().any(|b| !b.lossy) {
+                return Outcome::Pending;
+            }
+            for branch in self.branches.iter_mut().filter(|b| b.position == head) {
+                branch.position += 1;
+                branch.missed += 1;
+                branch.unreported += 1;
+            }
+        }
+        if self.pulled == self.len {
+            self.done = true;
+            return Outcome::End;
+        }
+        self.pulled += 1;
+        self.high_water = self.high_water.max(self.buffered());
+        let branch = &mut self.branches[i];
+        branch.position += 1;
+        branch.delivered += 1;
+        Outcome::Item(self.pulled - 1)
+    }
+
+    fn fork(&mut self, i: usize) -> usize {
+        let mut fork = self.branches[i].clone();
+        fork.id = self.next_id;
+        self.next_id += 1;
+        fork.delivered = 0;
+        fork.missed = 0;
+        fork.unreported = 0;
+        self.branches.push(fork);
+        self.next_id - 1
+    }
+
+    /// Checks a snapshot against the model.
+    fn check(&self, stats: &Stats, context: &str) {
+        assert_eq!(stats.pulled, self.pulled, "{context}: pulled");
+        assert_eq!(stats.buffered, self.buffered(), "{context}: buffered");
+        assert_eq!(stats.high_water, self.high_water, "{context}: high_water");
+        assert_eq!(stats.upstream_done, self.done, "{context}: upstream_done");
+        let mut ids: Vec<_> = self.branches.iter().map(|b| b.id).collect();
+        ids.sort_unstable();
+        let got: Vec<_> = stats.branches.iter().map(|b| b.id).collect();
+        assert_eq!(got, ids, "{context}: ids");
+        for branch in &self.branches {
+            let got = entry(stats, branch.id);
+            let want = (
+                (self.pulled - branch.position) as usize,
+                branch.delivered,
+                branch.lossy,
+                branch.missed,
+            );
+            assert_eq!(
+                (got.lag, got.delivered, got.lossy, got.missed),
+                want,
+                "{context}: branch {} (lag, delivered, lossy, missed)",
+                branch.id
+            );
+        }
+    }
+}
+
+/// What the test itself saw of one branch, independently of the model.
+#[derive(Debug)]
+struct Seen {
+    /// The next item it must yield, gaps included.
+    next: u64,
+    /// The position it started at.
+    start: u64,
+    ended: bool,
+    /// Items missed, by its reports.
+    reported: u64,
+    /// `Err(Lagged(_))` yielded.
+    reports: u64,
+    /// `Ok(_)` yielded.
+    received: u64,
+    /// Its `size_hint` before each poll, with the yields up to then.
+    hints: Vec<((usize, Option<usize>), u64)>,
+}
+
+/// One random program: `lossy[i]` says whether branch `i` is lossy.
+fn run_random(seed: u64, cap: usize, len: u64, lossy: &[bool], forks_and_drops: bool) {
+    let context = format!("seed {seed}, cap {cap}, len {len}, lossy {lossy:?}");
+    let mut rng = Rng::new(seed);
+    let tracker = Tracker::new();
+    let (upstream, counts) = CountingPolls::new(tracker.stream(len));
+    let mut live: Vec<Handle<_>> = upstream
+        .fanout(lossy.len(), cap)
+        .into_iter()
+        .zip(lossy)
+        .map(|(branch, &lossy)| {
+            if lossy {
+                Handle::Lossy(branch.into_lossy())
+            } else {
+                Handle::Backpressure(branch)
+            }
+        })
+        .collect();
+    let mut model = Model::new(cap, len, lossy);
+    let mut seen: Vec<Seen> = lossy
+        .iter()
+        .map(|_| Seen {
+            next: 0,
+            start: 0,
+            ended: false,
+            reported: 0,
+            received: 0,
+            reports: 0,
+            hints: Vec::new(),
+        })
+        .collect();
+    let mut held: Vec<Tracked> = Vec::new();
+    let all_lossy = lossy.iter().all(|&l| l);
+
+    let mut steps = 0;
+    while seen.iter().any(|s| !s.ended) {
+        steps += 1;
+        assert!(steps < 20_000, "{context}: no progress: {model:?}");
+        let roll = rng.below(100);
+        if forks_and_drops && roll < 4 && live.len() < 6 {
+            let i = rng.below(live.len());
+            let fork = live[i].fork();
+            let id = model.fork(i);
+            assert_eq!(fork.id(), id, "{context}");
+            assert_eq!(fork.is_terminated(), live[i].is_terminated());
+            let start = model.branches[i].position;
+            seen.push(Seen {
+                next: start,
+                start,
+                ended: seen[i].ended,
+                reported: 0,
+                received: 0,
+                reports: 0,
+                hints: Vec::new(),
+            });
+            live.push(fork);
+        } else if forks_and_drops && roll < 8 && live.len() > 1 {
+            let i = rng.below(live.len());
+            drop(live.swap_remove(i));
+            model.branches.swap_remove(i);
+            seen.swap_remove(i);
+        } else {
+            let i = rng.below(live.len());
+            let hint = live[i].size_hint();
+            let yields = seen[i].received + seen[i].reports;
+            seen[i].hints.push((hint, yields));
+            let want = model.poll(i);
+            let got = live[i].poll();
+            let step = format!("{context}: step {steps}, branch {}", live[i].id());
+            let seen = &mut seen[i];
+            match got {
+                Poll::Ready(Some(Ok(item))) => {
+                    assert_eq!(want, Outcome::Item(item.value), "{step}");
+                    assert_eq!(item.value, seen.next, "{step}: out of order");
+                    seen.next += 1;
+                    seen.received += 1;
+                    if rng.percent(30) {
+                        held.push(item);
+                    }
+                }
+                Poll::Ready(Some(Err(Lagged(k)))) => {
+                    assert_eq!(want, Outcome::Lagged(k), "{step}");
+                    assert!(matches!(live[i], Handle::Lossy(_)), "{step}");
+                    assert!(k > 0, "{step}");
+                    seen.next += k;
+                    seen.reported += k;
+                    seen.reports += 1;
+                }
+                Poll::Ready(None) => {
+                    assert_eq!(want, Outcome::End, "{step}");
+                    assert!(live[i].is_terminated(), "{step}");
+                    if !seen.ended {
+                        seen.ended = true;
+                        // Every item from where it started is accounted for.
+                        assert_eq!(seen.next, len, "{step}: gaps do not add up");
+                        assert_eq!(seen.reported + seen.received, len - seen.start, "{step}");
+                        // Every size hint bounded what was still to come.
+                        let total = seen.received + seen.reports;
+                        for &((lower, upper), before) in &seen.hints {
+                            let remaining = (total - before) as usize;
+                            assert!(lower <= remaining, "{step}: lower {lower} > {remaining}");
+                            if let Some(upper) = upper {
+                                assert!(upper >= remaining, "{step}: upper {upper} < {remaining}");
+                            }
+                        }
+                    }
+                }
+                Poll::Pending => {
+                    assert_eq!(want, Outcome::Pending, "{step}");
+                    assert!(
+                        !all_lossy,
+                        "{step}: nobody waits when every branch is lossy"
+                    );
+                    // Only a backpressure branch at the oldest position of a
+                    // full buffer makes anyone wait.
+                    let stats = live[i].stats();
+                    assert_eq!(stats.buffered, cap, "{step}");
+                    assert!(
+                        stats.branches.iter().any(|b| !b.lossy && b.lag == cap),
+                        "{step}: waiting for a lossy branch: {stats:?}"
+                    );
+                }
+            }
+            if rng.percent(20) {
+                held.clear();
+            }
+        }
+
+        let stats = live[rng.below(live.len())].stats();
+        let step = format!("{context}: step {steps}");
+        model.check(&stats, &step);
+        assert_eq!(counts.yielded() as u64, model.pulled, "{step}: upstream");
+        assert!(stats.buffered <= cap, "{step}");
+        assert_eq!(
+            tracker.live(),
+            stats.buffered + held.len(),
+            "{step}: live items"
+        );
+        // Backpressure branches are never more than `cap` items apart from
+        // the upstream.
+        for (handle, seen) in live.iter().zip(&seen) {
+            if let Handle::Backpressure(_) = handle {
+                assert!(counts.yielded() as u64 - seen.next <= cap as u64, "{step}");
+            }
+        }
+        // What the test saw agrees with the snapshot: a lossy branch is at
+        // the item it expects next plus the gap it has yet to report.
+        for (handle, seen) in live.iter().zip(&seen) {
+            let got = entry(&stats, handle.id());
+            let position = stats.pulled - got.lag as u64;
+            let unreported = got.missed - seen.reported;
+            assert_eq!(
+                position,
+                seen.next + unreported,
+                "{step}: branch {}",
+                handle.id()
+            );
+            assert_eq!(
+                got.delivered,
+                seen.received,
+                "{step}: branch {}",
+                handle.id()
+            );
+        }
+        if all_lossy && !forks_and_drops {
+            // The upstream runs exactly as far as the fastest branch read.
+            let fastest = seen.iter().map(|s| s.next).max().unwrap();
+            assert_eq!(
+                counts.yielded() as u64,
+                fastest,
+                "{step}: pulled past the fastest"
+            );
+        }
+    }
+
+    let stats = live[0].stats();
+    for (handle, seen) in live.iter().zip(&seen) {
+        assert_eq!(
+            entry(&stats, handle.id()).missed,
+            seen.reported,
+            "{context}"
+        );
+    }
+    drop(stats);
+    drop(live);
+    drop(held);
+    assert_eq!(tracker.live(), 0, "{context}: leaked items");
+}
+
+/// A random mix of lossy and backpressure branches.
+fn random_kinds(rng: &mut Rng, n: usize) -> Vec<bool> {
+    (0..n).map(|_| rng.percent(50)).collect()
+}
+
+#[test]
+fn random_interleavings_account_for_every_item() {
+    for seed in 0..400 {
+        let mut rng = Rng::new(seed);
+        let n = 1 + rng.below(4);
+        let cap = 1 + rng.below(4);
+        let len = rng.below(40) as u64;
+        let lossy = random_kinds(&mut rng, n);
+        run_random(seed, cap, len, &lossy, false);
+    }
+}
+
+#[test]
+fn random_interleavings_with_forks_and_drops_account_for_every_item() {
+    for seed in 0..400 {
+        let mut rng = Rng::new(seed ^ 0xF0F0);
+        let n = 1 + rng.below(4);
+        let cap = 1 + rng.below(4);
+        let len = rng.below(40) as u64;
+        let lossy = random_kinds(&mut rng, n);
+        run_random(seed, cap, len, &lossy, true);
+    }
+}
+
+#[test]
+fn random_interleavings_of_lossy_branches_only_never_wait() {
+    for seed in 0..200 {
+        let mut rng = Rng::new(seed ^ 0xABCD);
+        let n = 1 + rng.below(4);
+        let cap = 1 + rng.below(4);
+        let len = rng.below(60) as u64;
+        run_random(seed, cap, len, &vec![true; n], false);
+    }
+}
+
+#[test]
+fn random_interleavings_of_every_mix_of_kinds() {
+    // Every assignment of kinds to up to four branches, each on a few seeds.
+    for n in 1..=4usize {
+        for mask in 0..1u32 << n {
+            let lossy: Vec<bool> = (0..n).map(|i| mask & (1 << i) != 0).collect();
+            for cap in 1..=3 {
+                for seed in 0..3 {
+                    run_random(seed * 31 + u64::from(mask), cap, 25, &lossy, seed == 2);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Stream traits, accessors, Lagged
+
+#[test]
+fn a_lossy_branch_is_terminated_after_none_and_stays_so() {
+    let (branches, _) = counted(5, 2, 2);
+    let [mut main, tap]: [_; 2] = branches.try_into().unwrap();
+    let mut tap = tap.into_lossy();
+    assert!(!tap.is_terminated());
+    assert_eq!(drain(&mut main).len(), 5);
+    drop(main);
+    assert!(
+        !tap.is_terminated(),
+        "a report and an item are still to come"
+    );
+    expect(&mut tap, Err(Lagged(4)));
+    assert!(!tap.is_terminated());
+    expect(&mut tap, Ok(4));
+    assert!(!tap.is_terminated());
+    assert_eq!(poll_once(&mut tap), Poll::Ready(None));
+    assert!(tap.is_terminated());
+    assert_eq!(poll_once(&mut tap), Poll::Ready(None));
+    let fork = tap.clone();
+    assert!(fork.is_terminated());
+    assert_eq!(tap.size_hint(), (0, Some(0)));
+}
+
+#[test]
+fn size_hint_counts_a_pending_report_and_bounds_the_rest() {
+    let (branches, _) = counted(10, 2, 3);
+    let [mut main, tap]: [_; 2] = branches.try_into().unwrap();
+    let mut tap = tap.into_lossy();
+    assert_eq!(tap.size_hint(), (1, Some(10)));
+    for i in 0..5 {
+        read(&mut main, i);
+    }
+    // At 2 with a report pending: at most the 8 items left plus the report.
+    assert_eq!(tap.size_hint(), (1, Some(9)));
+    assert_eq!(main.size_hint(), (5, Some(5)));
+    expect(&mut tap, Err(Lagged(2)));
+    assert_eq!(tap.size_hint(), (1, Some(8)));
+    // Alone, it misses nothing more: exactly the 8 items.
+    drop(main);
+    let rest = drain(&mut tap);
+    assert_eq!(rest, (2..10).map(Ok).collect::<Vec<_>>());
+    assert_eq!(tap.size_hint(), (0, Some(0)));
+}
+
+/// `stream::repeat` says it has `usize::MAX` items left: a pending report on
+/// top of that must not overflow.
+#[test]
+fn size_hint_with_an_endless_upstream_and_a_report_pending() {
+    let (mut main, tap) = stream::repeat(7u8).tee(2);
+    let tap = tap.into_lossy();
+    assert_eq!(main.size_hint(), (usize::MAX, None));
+    assert_eq!(tap.size_hint(), (1, None));
+    for _ in 0..3 {
+        assert_eq!(poll_once(&mut main), Poll::Ready(Some(7)));
+    }
+    assert_eq!(entry(&tap.stats(), tap.id()).missed, 1);
+    assert_eq!(tap.size_hint(), (1, None));
+}
+
+#[test]
+fn accessors_and_debug_of_a_lossy_branch() {
+    let (branches, _) = counted(10, 3, 4);
+    let [mut main, other, tap]: [_; 3] = branches.try_into().unwrap();
+    let tap = tap.into_lossy();
+    assert_eq!(tap.id(), 2);
+    read(&mut main, 0);
+    read(&mut main, 1);
+    assert_eq!(tap.lag(), 2);
+    assert_eq!(tap.stats(), main.stats());
+    assert_eq!(tap.stats(), other.stats());
+    let debug = format!("{tap:?}");
+    assert!(debug.starts_with("Lossy("), "{debug}");
+    assert!(debug.contains("Branch"), "{debug}");
+    let fork = tap.clone();
+    assert_eq!(fork.id(), 3);
+    assert_eq!(fork.lag(), 2);
+}
+
+#[test]
+fn lagged_is_a_comparable_copyable_error_with_its_count() {
+    let lagged = Lagged(3);
+    let copy = lagged;
+    assert_eq!(copy, lagged);
+    assert_eq!(lagged.clone(), Lagged(3));
+    assert_ne!(Lagged(3), Lagged(4));
+    assert_eq!(lagged.0, 3);
+    assert_eq!(format!("{lagged:?}"), "Lagged(3)");
+    let text = lagged.to_string();
+    assert!(text.contains('3'), "{text}");
+    assert!(text.contains("missed"), "{text}");
+    assert_ne!(Lagged(12).to_string(), Lagged(13).to_string());
+
+    let error: Box<dyn Error + Send + Sync + 'static> = Box::new(Lagged(5));
+    assert!(error.source().is_none());
+    assert_eq!(error.to_string(), Lagged(5).to_string());
+    assert_eq!(error.downcast_ref::<Lagged>(), Some(&Lagged(5)));
+
+    let set: HashSet<Lagged> = [Lagged(1), Lagged(2), Lagged(1)].into_iter().collect();
+    assert_eq!(set.len(), 2);
+    assert!(set.contains(&Lagged(2)));
+
+    // `?` works with it as an error.
+    fn first(
+        stream: &mut (impl Stream<Item = Result<u64, Lagged>> + Unpin),
+    ) -> Result<u64, Box<dyn Error>> {
+        match poll_once(stream) {
+            Poll::Ready(Some(outcome)) => Ok(outcome?),
+            other => panic!("expected an item or a report, got {other:?}"),
+        }
+    }
+    let (branches, _) = counted(10, 2, 1);
+    let [mut main, tap]: [_; 2] = branches.try_into().unwrap();
+    let mut tap = tap.into_lossy();
+    read(&mut main, 0);
+    read(&mut main, 1);
+    let error = first(&mut tap).unwrap_err();
+    assert_eq!(error.downcast_ref::<Lagged>(), Some(&Lagged(1)));
+    assert_eq!(first(&mut tap).unwrap(), 1);
+}

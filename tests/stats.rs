@@ -1,0 +1,838 @@
+//! Statistics snapshots: the counters (`pulled`, `buffered`, `high_water`,
+//! `delivered`, `upstream_done`) are exact after every step of a scripted
+//! schedule, the `branches` list follows the live branches (sorted by id,
+//! fresh ids for clones, never reused), `slowest` picks the largest lag, and
+//! `stalled_upstream` is charged only to the branches that held a full
+//! buffer at its oldest position.
+//!
+//! Durations are never compared with a threshold: only `== Duration::ZERO`,
+//! `> Duration::ZERO`, and orderings between snapshots (a stall in progress
+//! grows, a finished one stays put).
+
+mod support;
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::task::Poll;
+use std::thread::sleep;
+use std::time::Duration;
+
+use fanout::{Branch, BranchStats, Stats, StreamExt as _};
+use futures::stream;
+
+use support::{poll_once, CountingPolls, PollCounts};
+
+type Upstream = CountingPolls<stream::Iter<Range<u64>>>;
+
+/// Fans `0..len` out into `n` branches of capacity `cap`, counting polls.
+fn counted(len: u64, n: usize, cap: usize) -> (Vec<Branch<Upstream>>, PollCounts) {
+    let (upstream, counts) = CountingPolls::new(stream::iter(0..len));
+    (upstream.fanout(n, cap), counts)
+}
+
+/// The entry of branch `id` in `stats`.
+fn entry(stats: &Stats, id: usize) -> &BranchStats {
+    stats
+        .branches
+        .iter()
+        .find(|branch| branch.id == id)
+        .unwrap_or_else(|| panic!("no entry for branch {id} in {stats:?}"))
+}
+
+/// The ids of the entries, in their order.
+fn ids(stats: &Stats) -> Vec<usize> {
+    stats.branches.iter().map(|branch| branch.id).collect()
+}
+
+/// The time a stall must last to be measurable. Only ever used to make a
+/// duration non-zero, never compared with.
+fn pause() {
+    sleep(Duration::from_millis(1));
+}
+
+/// The stall time of branch `id` in a fresh snapshot taken from `branch`.
+fn stalled<S>(branch: &Branch<S>, id: usize) -> Duration
+where
+    S: futures::Stream,
+{
+    entry(&branch.stats(), id).stalled_upstream
+}
+
+/// Polls `branch` once and expects item `expected`.
+fn read<S>(branch: &mut Branch<S>, expected: u64)
+where
+    S: futures::Stream<Item = u64> + Unpin,
+{
+    assert_eq!(poll_once(branch), Poll::Ready(Some(expected)));
+}
+
+// ---------------------------------------------------------------------------
+// Counters
+
+/// What the counters must be, computed from the positions of the branches.
+#[derive(Debug)]
+struct Expected {
+    cap: usize,
+    len: u64,
+    /// Items each branch has read.
+    read: Vec<u64>,
+    /// Items taken from the upstream.
+    pulled: u64,
+    high_water: usize,
+    /// Some branch has seen the end of the upstream.
+    done: bool,
+}
+
+impl Expected {
+    fn new(n: usize, cap: usize, len: u64) -> Self {
+        Self {
+            cap,
+            len,
+            read: vec![0; n],
+            pulled: 0,
+            high_water: 0,
+            done: false,
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        (self.pulled - self.read.iter().min().unwrap()) as usize
+    }
+
+    /// What a poll of branch `i` must return, updating the positions.
+    fn poll(&mut self, i: usize) -> Poll<Option<u64>> {
+        let position = self.read[i];
+        if position < self.pulled {
+            self.read[i] += 1;
+            return Poll::Ready(Some(position));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        // A full buffer waits even if the upstream has nothing left: the
+        // branch cannot know before it polls.
+        if self.buffered() == self.cap {
+            return Poll::Pending;
+        }
+        if self.pulled == self.len {
+            self.done = true;
+            return Poll::Ready(None);
+        }
+        self.pulled += 1;
+        self.high_water = self.high_water.max(self.buffered());
+        self.read[i] += 1;
+        Poll::Ready(Some(position))
+    }
+
+    /// Checks every counter of `stats` (and the upstream's own count).
+    fn check(&self, stats: &Stats, counts: &PollCounts, step: &str) {
+        assert_eq!(stats.capacity, self.cap, "{step}: capacity");
+        assert_eq!(stats.pulled, self.pulled, "{step}: pulled");
+        assert_eq!(counts.yielded() as u64, self.pulled, "{step}: upstream");
+        assert_eq!(stats.buffered, self.buffered(), "{step}: buffered");
+        assert_eq!(stats.high_water, self.high_water, "{step}: high_water");
+        assert_eq!(stats.upstream_done, self.done, "{step}: upstream_done");
+        assert_eq!(ids(stats), (0..self.read.len()).collect::<Vec<_>>());
+        for (id, &read) in self.read.iter().enumerate() {
+            let branch = entry(stats, id);
+            assert_eq!(branch.delivered, read, "{step}: delivered of {id}");
+            assert_eq!(branch.lag as u64, self.pulled - read, "{step}: lag of {id}");
+            assert!(!branch.lossy, "{step}: {id} is not lossy");
+            assert_eq!(branch.missed, 0, "{step}: missed of {id}");
+        }
+    }
+}
+
+#[test]
+fn counters_are_exact_after_every_step_of_a_scripted_schedule() {
+    const LEN: u64 = 10;
+    for n in [2, 3] {
+        for cap in 1..=4 {
+            let (mut branches, counts) = counted(LEN, n, cap);
+            let mut expected = Expected::new(n, cap, LEN);
+            let step = format!("n={n} cap={cap} start");
+            expected.check(&branches[0].stats(), &counts, &step);
+
+            // Branch 0 fills the buffer, one item at a time, then waits.
+            for i in 0..cap {
+                assert_eq!(expected.poll(0), Poll::Ready(Some(i as u64)));
+                read(&mut branches[0], i as u64);
+                let step = format!("n={n} cap={cap} fill {i}");
+                expected.check(&branches[0].stats(), &counts, &step);
+                assert_eq!(branches[0].stats().buffered, i + 1);
+                assert_eq!(branches[0].stats().high_water, i + 1);
+            }
+            assert_eq!(expected.poll(0), Poll::Pending);
+            assert_eq!(poll_once(&mut branches[0]), Poll::Pending);
+            let step = format!("n={n} cap={cap} full");
+            expected.check(&branches[n - 1].stats(), &counts, &step);
+            assert_eq!(counts.polls(), cap, "a full buffer polls nothing");
+
+            // The others read the oldest item: only the last one frees it.
+            for (i, branch) in branches.iter_mut().enumerate().skip(1) {
+                read(branch, 0);
+                assert_eq!(expected.poll(i), Poll::Ready(Some(0)));
+                let stats = branch.stats();
+                let step = format!("n={n} cap={cap} branch {i} reads 0");
+                expected.check(&stats, &counts, &step);
+                let freed = i == n - 1;
+                assert_eq!(stats.buffered, if freed { cap - 1 } else { cap });
+                assert_eq!(stats.high_water, cap);
+            }
+
+            // Round robin to the end, against the expected positions.
+            let mut rounds = 0;
+            while !expected.read.iter().all(|&read| read == LEN) || !expected.done {
+                rounds += 1;
+                assert!(rounds < 100, "no progress: {expected:?}");
+                for (i, branch) in branches.iter_mut().enumerate() {
+                    let want = expected.poll(i);
+                    assert_eq!(poll_once(branch), want, "n={n} cap={cap} branch {i}");
+                    let step = format!("n={n} cap={cap} round {rounds} branch {i}");
+                    expected.check(&branch.stats(), &counts, &step);
+                }
+            }
+            let stats = branches[0].stats();
+            assert_eq!((stats.pulled, stats.buffered), (LEN, 0));
+            assert_eq!(stats.high_water, cap);
+            assert!(stats.upstream_done);
+            assert!(stats.branches.iter().all(|b| b.delivered == LEN));
+        }
+    }
+}
+
+#[test]
+fn upstream_done_turns_true_when_a_branch_sees_the_end_not_before() {
+    let (branches, counts) = counted(3, 2, 4);
+    let [mut a, b]: [_; 2] = branches.try_into().unwrap();
+    assert!(!a.stats().upstream_done);
+    for i in 0..3 {
+        read(&mut a, i);
+    }
+    // Every item is pulled, but the upstream has not said it ended yet.
+    let stats = b.stats();
+    assert_eq!((stats.pulled, stats.buffered), (3, 3));
+    assert!(!stats.upstream_done);
+    assert_eq!(counts.polls(), 3);
+
+    assert_eq!(poll_once(&mut a), Poll::Ready(None));
+    assert_eq!(counts.polls(), 4);
+    let stats = b.stats();
+    assert!(stats.upstream_done);
+    assert_eq!((stats.pulled, stats.buffered), (3, 3));
+    assert_eq!(entry(&stats, b.id()).lag, 3);
+
+    // An empty upstream: done after the first poll, nothing pulled.
+    let (branches, _) = counted(0, 2, 4);
+    let [mut a, b]: [_; 2] = branches.try_into().unwrap();
+    assert!(!b.stats().upstream_done);
+    assert_eq!(poll_once(&mut a), Poll::Ready(None));
+    let stats = b.stats();
+    assert!(stats.upstream_done);
+    assert_eq!((stats.pulled, stats.buffered, stats.high_water), (0, 0, 0));
+}
+
+#[test]
+fn delivered_counts_clones_and_moves_alike() {
+    // Three branches read the same five items in different orders: the last
+    // reader of each item takes it by move, the others clone it.
+    let (branches, _) = counted(5, 3, 5);
+    let [mut a, mut b, mut c]: [_; 3] = branches.try_into().unwrap();
+    for i in 0..5 {
+        read(&mut c, i);
+    }
+    for i in 0..3 {
+        read(&mut a, i);
+    }
+    read(&mut b, 0);
+    let stats = a.stats();
+    let delivered: Vec<_> = stats.branches.iter().map(|b| b.delivered).collect();
+    assert_eq!(delivered, [3, 1, 5]);
+    let lags: Vec<_> = stats.branches.iter().map(|b| b.lag).collect();
+    assert_eq!(lags, [2, 4, 0]);
+    assert_eq!((stats.buffered, stats.high_water, stats.pulled), (4, 5, 5));
+}
+
+// ---------------------------------------------------------------------------
+// The list of branches
+
+#[test]
+fn one_entry_per_live_branch_sorted_by_id_with_fresh_ids_for_clones() {
+    let (branches, _) = counted(10, 3, 4);
+    let [mut b0, b1, b2]: [_; 3] = branches.try_into().unwrap();
+    assert_eq!([b0.id(), b1.id(), b2.id()], [0, 1, 2]);
+    assert_eq!(ids(&b0.stats()), [0, 1, 2]);
+
+    drop(b1);
+    assert_eq!(ids(&b0.stats()), [0, 2]);
+
+    // The clone of b0 takes over b1's slot internally, but gets a new id and
+    // still comes after b2 in the list.
+    read(&mut b0, 0);
+    let c3 = b0.clone();
+    assert_eq!(c3.id(), 3);
+    let stats = b2.stats();
+    assert_eq!(ids(&stats), [0, 2, 3]);
+    assert_eq!(entry(&stats, 3).lag, entry(&stats, 0).lag);
+    assert_eq!(entry(&stats, 3).delivered, 0, "a clone starts afresh");
+    assert_eq!(entry(&stats, 0).delivered, 1);
+
+    let c4 = b2.clone();
+    assert_eq!(c4.id(), 4);
+    assert_eq!(ids(&c4.stats()), [0, 2, 3, 4]);
+    assert_eq!(entry(&c4.stats(), 4).lag, 1);
+
+    drop(b0);
+    let c5 = c4.clone();
+    assert_eq!(c5.id(), 5);
+    assert_eq!(ids(&c5.stats()), [2, 3, 4, 5]);
+
+    drop(c3);
+    drop(b2);
+    assert_eq!(ids(&c5.stats()), [4, 5]);
+    let c6 = c5.clone();
+    let c7 = c6.clone();
+    assert_eq!(ids(&c7.stats()), [4, 5, 6, 7]);
+    drop((c4, c5, c6));
+    assert_eq!(ids(&c7.stats()), [7]);
+    assert_eq!(c7.stats().branches.len(), 1);
+}
+
+#[test]
+fn ids_are_unique_and_never_reused_after_drops_and_clones() {
+    let (branches, _) = counted(50, 3, 4);
+    let mut live: Vec<_> = branches;
+    let mut seen: HashSet<usize> = live.iter().map(Branch::id).collect();
+    let mut rng = support::Rng::new(7);
+    for step in 0..300 {
+        if live.len() > 1 && rng.percent(40) {
+            let victim = rng.below(live.len());
+            drop(live.swap_remove(victim));
+        } else {
+            let source = rng.below(live.len());
+            let fork = live[source].clone();
+            assert!(
+                seen.insert(fork.id()),
+                "step {step}: id {} reused",
+                fork.id()
+            );
+            live.push(fork);
+        }
+        if rng.percent(30) {
+            let i = rng.below(live.len());
+            let _ = poll_once(&mut live[i]);
+        }
+        let stats = live[0].stats();
+        let mut want: Vec<_> = live.iter().map(Branch::id).collect();
+        want.sort_unstable();
+        assert_eq!(ids(&stats), want, "step {step}");
+    }
+}
+
+#[test]
+fn every_branch_takes_the_same_snapshot() {
+    let (branches, _) = counted(10, 3, 4);
+    let [mut a, mut b, c]: [_; 3] = branches.try_into().unwrap();
+    read(&mut a, 0);
+    read(&mut a, 1);
+    read(&mut b, 0);
+    // Not full: no stall in progress, so snapshots do not depend on time.
+    let snapshot = a.stats();
+    assert_eq!(b.stats(), snapshot);
+    assert_eq!(c.stats(), snapshot);
+    assert_eq!(snapshot.clone(), snapshot);
+}
+
+// ---------------------------------------------------------------------------
+// slowest
+
+#[test]
+fn slowest_is_the_largest_lag_and_the_smallest_id_among_equals() {
+    let (branches, _) = counted(20, 4, 4);
+    let [mut b0, mut b1, mut b2, b3]: [_; 4] = branches.try_into().unwrap();
+
+    // All at lag 0: the smallest id.
+    let stats = b0.stats();
+    let slowest = stats.slowest().unwrap();
+    assert_eq!((slowest.id, slowest.lag), (0, 0));
+
+    for i in 0..4 {
+        read(&mut b0, i);
+    }
+    read(&mut b1, 0);
+    for i in 0..3 {
+        read(&mut b2, i);
+    }
+    // Lags 0, 3, 1, 4.
+    let stats = b0.stats();
+    let lags: Vec<_> = stats.branches.iter().map(|b| b.lag).collect();
+    assert_eq!(lags, [0, 3, 1, 4]);
+    assert_eq!(stats.slowest().map(|b| (b.id, b.lag)), Some((3, 4)));
+
+    // b3 dropped: b1 alone has the largest lag.
+    drop(b3);
+    let stats = b0.stats();
+    assert_eq!(stats.slowest().map(|b| (b.id, b.lag)), Some((1, 3)));
+
+    // A clone of b1 ties with it: the smaller id wins.
+    let b4 = b1.clone();
+    let stats = b4.stats();
+    assert_eq!(stats.slowest().map(|b| (b.id, b.lag)), Some((1, 3)));
+
+    // b1 reads on: its clone is now the slowest.
+    read(&mut b1, 1);
+    let stats = b4.stats();
+    assert_eq!(stats.slowest().map(|b| (b.id, b.lag)), Some((4, 3)));
+
+    // A tie between b2 and a clone made later, both behind everyone else.
+    drop(b4);
+    read(&mut b1, 2);
+    let b5 = b2.clone();
+    let stats = b5.stats();
+    let lags: Vec<_> = stats.branches.iter().map(|b| b.lag).collect();
+    assert_eq!(lags, [0, 1, 1, 1]);
+    assert_eq!(stats.slowest().map(|b| (b.id, b.lag)), Some((1, 1)));
+
+    // A snapshot from a live branch always has a slowest; an emptied list
+    // has none.
+    let mut emptied = stats.clone();
+    emptied.branches.clear();
+    assert_eq!(emptied.slowest(), None);
+}
+
+#[test]
+fn slowest_agrees_with_the_lags_on_random_schedules() {
+    for seed in 0..50 {
+        let mut rng = support::Rng::new(seed);
+        let n = 2 + rng.below(3);
+        let cap = 1 + rng.below(4);
+        let (mut branches, _) = counted(30, n, cap);
+        for _ in 0..100 {
+            let i = rng.below(branches.len());
+            let _ = poll_once(&mut branches[i]);
+            let stats = branches[0].stats();
+            let slowest = stats.slowest().expect("a live branch");
+            let max_lag = stats.branches.iter().map(|b| b.lag).max().unwrap();
+            let first_with_max = stats.branches.iter().find(|b| b.lag == max_lag);
+            assert_eq!(Some(slowest), first_with_max, "seed {seed}: {stats:?}");
+            for branch in &branches {
+                assert_eq!(entry(&stats, branch.id()).lag, branch.lag());
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// stalled_upstream
+
+#[test]
+fn only_the_branch_that_holds_a_full_buffer_stalls() {
+    for cap in 2..=4 {
+        let (branches, _) = counted(100, 2, cap);
+        let [mut fast, mut slow]: [_; 2] = branches.try_into().unwrap();
+        let (f, s) = (fast.id(), slow.id());
+        assert_eq!(stalled(&fast, s), Duration::ZERO);
+
+        // Not full yet: nobody stalls, however long it takes.
+        for i in 0..cap as u64 - 1 {
+            read(&mut fast, i);
+        }
+        pause();
+        assert_eq!(stalled(&fast, s), Duration::ZERO, "cap {cap}: not full");
+
+        // Full: the slow branch, at the oldest position, holds it.
+        read(&mut fast, cap as u64 - 1);
+        assert_eq!(poll_once(&mut fast), Poll::Pending);
+        pause();
+        let first = fast.stats();
+        assert!(
+            entry(&first, s).stalled_upstream > Duration::ZERO,
+            "cap {cap}"
+        );
+        assert_eq!(
+            entry(&first, f).stalled_upstream,
+            Duration::ZERO,
+            "cap {cap}"
+        );
+
+        // Still full: the snapshot includes the stall in progress.
+        pause();
+        let second = slow.stats();
+        assert!(entry(&second, s).stalled_upstream >= entry(&first, s).stalled_upstream);
+        assert_eq!(entry(&second, f).stalled_upstream, Duration::ZERO);
+
+        // The slow branch frees a slot: its stall ends and stays put.
+        read(&mut slow, 0);
+        let ended = stalled(&fast, s);
+        assert!(ended >= entry(&second, s).stalled_upstream);
+        pause();
+        assert_eq!(stalled(&fast, s), ended, "cap {cap}: the stall has ended");
+        assert_eq!(stalled(&slow, f), Duration::ZERO);
+
+        // The slow branch catches up and overtakes until the buffer is full
+        // again: now the formerly fast branch holds it.
+        for i in 1..=cap as u64 {
+            read(&mut slow, i);
+        }
+        for i in cap as u64 + 1..2 * cap as u64 {
+            read(&mut slow, i);
+        }
+        assert_eq!(slow.stats().buffered, cap);
+        assert_eq!(poll_once(&mut slow), Poll::Pending);
+        pause();
+        let stats = slow.stats();
+        assert!(
+            entry(&stats, f).stalled_upstream > Duration::ZERO,
+            "cap {cap}"
+        );
+        assert_eq!(entry(&stats, s).stalled_upstream, ended, "cap {cap}");
+    }
+}
+
+/// With capacity 1 the poller pushes an item into an empty buffer, which is
+/// then full while the poller is, for an instant under the lock, at the
+/// oldest position. It never held the upstream back: no other branch waited
+/// for it, and no snapshot can see it there.
+#[test]
+fn the_branch_that_fills_a_capacity_one_buffer_does_not_stall() {
+    let (branches, _) = counted(10, 2, 1);
+    let [mut fast, slow]: [_; 2] = branches.try_into().unwrap();
+    read(&mut fast, 0);
+    assert_eq!(poll_once(&mut fast), Poll::Pending);
+    pause();
+    let stats = fast.stats();
+    assert!(entry(&stats, slow.id()).stalled_upstream > Duration::ZERO);
+    assert_eq!(
+        entry(&stats, fast.id()).stalled_upstream,
+        Duration::ZERO,
+        "the poller of a capacity-1 buffer is charged a stall: {stats:?}"
+    );
+}
+
+#[test]
+fn a_branch_never_at_the_oldest_position_of_a_full_buffer_never_stalls() {
+    for cap in 2..=4 {
+        let (branches, _) = counted(100, 3, cap);
+        let [mut fast, mut middle, mut slow]: [_; 3] = branches.try_into().unwrap();
+        let (f, m, s) = (fast.id(), middle.id(), slow.id());
+        // `middle` leaves position 0 before the buffer is full.
+        read(&mut fast, 0);
+        read(&mut middle, 0);
+        for i in 1..cap as u64 {
+            read(&mut fast, i);
+        }
+        assert_eq!(poll_once(&mut fast), Poll::Pending);
+        pause();
+        let stats = fast.stats();
+        assert!(
+            entry(&stats, s).stalled_upstream > Duration::ZERO,
+            "cap {cap}"
+        );
+        assert_eq!(
+            entry(&stats, m).stalled_upstream,
+            Duration::ZERO,
+            "cap {cap}"
+        );
+        assert_eq!(
+            entry(&stats, f).stalled_upstream,
+            Duration::ZERO,
+            "cap {cap}"
+        );
+
+        // `slow` frees the oldest slot, `fast` fills the buffer again: now
+        // `middle` is at the oldest position, and stalls.
+        read(&mut slow, 0);
+        let slow_total = stalled(&fast, s);
+        read(&mut fast, cap as u64);
+        assert_eq!(fast.stats().buffered, cap);
+        pause();
+        let stats = fast.stats();
+        assert!(
+            entry(&stats, m).stalled_upstream > Duration::ZERO,
+            "cap {cap}"
+        );
+        assert!(entry(&stats, s).stalled_upstream > slow_total, "cap {cap}");
+        assert_eq!(
+            entry(&stats, f).stalled_upstream,
+            Duration::ZERO,
+            "cap {cap}"
+        );
+    }
+}
+
+#[test]
+fn every_branch_at_the_oldest_position_stalls_until_it_reads_past_it() {
+    for cap in 2..=4 {
+        let (branches, _) = counted(100, 3, cap);
+        let [mut fast, mut slow1, mut slow2]: [_; 3] = branches.try_into().unwrap();
+        let (f, s1, s2) = (fast.id(), slow1.id(), slow2.id());
+        for i in 0..cap as u64 {
+            read(&mut fast, i);
+        }
+        pause();
+        let stats = fast.stats();
+        assert!(
+            entry(&stats, s1).stalled_upstream > Duration::ZERO,
+            "cap {cap}"
+        );
+        assert!(
+            entry(&stats, s2).stalled_upstream > Duration::ZERO,
+            "cap {cap}"
+        );
+        assert_eq!(entry(&stats, f).stalled_upstream, Duration::ZERO);
+
+        // slow1 reads past the oldest item, which slow2 still holds: the
+        // buffer stays full, slow1's stall ends, slow2's goes on.
+        read(&mut slow1, 0);
+        let stats = fast.stats();
+        assert_eq!(stats.buffered, cap);
+        let (done1, ongoing2) = (
+            entry(&stats, s1).stalled_upstream,
+            entry(&stats, s2).stalled_upstream,
+        );
+        pause();
+        let stats = fast.stats();
+        assert_eq!(entry(&stats, s1).stalled_upstream, done1, "cap {cap}");
+        assert!(entry(&stats, s2).stalled_upstream > ongoing2, "cap {cap}");
+
+        // slow2 frees the slot: its stall ends too.
+        read(&mut slow2, 0);
+        let done2 = stalled(&fast, s2);
+        pause();
+        let stats = fast.stats();
+        assert_eq!(entry(&stats, s1).stalled_upstream, done1);
+        assert_eq!(entry(&stats, s2).stalled_upstream, done2);
+        assert_eq!(entry(&stats, f).stalled_upstream, Duration::ZERO);
+    }
+}
+
+#[test]
+fn a_stall_in_progress_grows_between_snapshots_and_is_kept_when_it_ends() {
+    let (branches, _) = counted(100, 2, 3);
+    let [mut fast, mut slow]: [_; 2] = branches.try_into().unwrap();
+    for i in 0..3 {
+        read(&mut fast, i);
+    }
+    let mut previous = Duration::ZERO;
+    for _ in 0..3 {
+        pause();
+        let now = stalled(&fast, slow.id());
+        assert!(now > Duration::ZERO);
+        assert!(
+            now > previous,
+            "a stall in progress grows: {now:?} <= {previous:?}"
+        );
+        previous = now;
+    }
+    read(&mut slow, 0);
+    let total = stalled(&fast, slow.id());
+    assert!(total >= previous);
+    pause();
+    assert_eq!(stalled(&fast, slow.id()), total);
+
+    // A second stall adds to the first.
+    read(&mut fast, 3);
+    pause();
+    assert!(stalled(&fast, slow.id()) > total);
+}
+
+#[test]
+fn a_fork_stalls_from_the_fork_on_only_if_it_starts_at_the_oldest_position_of_a_full_buffer() {
+    let (branches, _) = counted(100, 2, 3);
+    let [mut fast, mut slow]: [_; 2] = branches.try_into().unwrap();
+    read(&mut fast, 0);
+    // Forked while the buffer is not full: no stall.
+    let early = slow.clone();
+    pause();
+    assert_eq!(stalled(&fast, early.id()), Duration::ZERO);
+    drop(early);
+
+    read(&mut fast, 1);
+    read(&mut fast, 2);
+    pause();
+    // Forked at the oldest position of the full buffer: stalls from now on,
+    // less than the original, whose stall began earlier.
+    let fork = slow.clone();
+    // Forked at the newest position: never at the oldest one.
+    let fast_fork = fast.clone();
+    pause();
+    let stats = fast.stats();
+    let fork_stall = entry(&stats, fork.id()).stalled_upstream;
+    assert!(fork_stall > Duration::ZERO);
+    assert!(entry(&stats, slow.id()).stalled_upstream > fork_stall);
+    assert_eq!(
+        entry(&stats, fast_fork.id()).stalled_upstream,
+        Duration::ZERO
+    );
+
+    // The original reads past; the fork still holds the slot and stalls on.
+    read(&mut slow, 0);
+    let slow_total = stalled(&fast, slow.id());
+    let fork_so_far = stalled(&fast, fork.id());
+    pause();
+    assert_eq!(stalled(&fast, slow.id()), slow_total);
+    assert!(stalled(&fast, fork.id()) > fork_so_far);
+
+    // Dropping the fork frees the slot; its entry is gone.
+    drop(fork);
+    let stats = fast.stats();
+    assert_eq!(stats.buffered, 2);
+    assert_eq!(ids(&stats), [0, 1, 4]);
+}
+
+#[test]
+fn dropping_one_of_two_holders_keeps_the_other_stalling() {
+    let (branches, _) = counted(100, 3, 2);
+    let [mut fast, slow1, slow2]: [_; 3] = branches.try_into().unwrap();
+    read(&mut fast, 0);
+    read(&mut fast, 1);
+    pause();
+    drop(slow1);
+    let stats = fast.stats();
+    assert_eq!(stats.buffered, 2, "slow2 still holds both items");
+    let before = entry(&stats, slow2.id()).stalled_upstream;
+    assert!(before > Duration::ZERO);
+    pause();
+    assert!(stalled(&fast, slow2.id()) > before);
+    assert_eq!(stalled(&fast, fast.id()), Duration::ZERO);
+}
+
+// ---------------------------------------------------------------------------
+// Display, Clone, PartialEq
+
+/// The rows of a `Stats` table: the lines after the summary and the header.
+fn table_rows(display: &str) -> Vec<&str> {
+    display.lines().skip(2).collect()
+}
+
+fn row_id(row: &str) -> usize {
+    row.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_table_has_a_row_per_branch_and_marks_the_slowest_when_it_lags() {
+    let (branches, _) = counted(20, 3, 4);
+    let [mut a, mut b, c]: [_; 3] = branches.try_into().unwrap();
+
+    // Nobody lags: no row is marked.
+    let text = a.stats().to_string();
+    assert!(text.contains("buffered 0/4"), "{text}");
+    assert!(text.contains("open"), "{text}");
+    assert_eq!(
+        table_rows(&text)
+            .iter()
+            .map(|r| row_id(r))
+            .collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert!(!text.contains("slowest"), "{text}");
+
+    for i in 0..3 {
+        read(&mut a, i);
+    }
+    read(&mut b, 0);
+    let stats = a.stats();
+    let text = stats.to_string();
+    assert!(text.contains("buffered 3/4"), "{text}");
+    assert!(text.contains("high water 3"), "{text}");
+    assert!(text.contains("pulled 3"), "{text}");
+    let rows = table_rows(&text);
+    assert_eq!(
+        rows.iter().map(|r| row_id(r)).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    let marked: Vec<_> = rows.iter().filter(|r| r.contains("slowest")).collect();
+    assert_eq!(marked.len(), 1, "{text}");
+    assert_eq!(row_id(marked[0]), c.id());
+    for row in &rows {
+        assert!(row.contains("lossless"), "{row}");
+    }
+
+    // Clones, drops, and ids that no longer start at 0.
+    drop(a);
+    let d = c.clone();
+    let text = b.stats().to_string();
+    let rows = table_rows(&text);
+    assert_eq!(
+        rows.iter().map(|r| row_id(r)).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let marked: Vec<_> = rows.iter().filter(|r| r.contains("slowest")).collect();
+    assert_eq!(marked.len(), 1, "{text}");
+    assert_eq!(row_id(marked[0]), c.id(), "the smaller id of a tie: {text}");
+    drop((c, d));
+
+    // The end of the upstream shows.
+    let mut b = b;
+    while let Poll::Ready(Some(_)) = poll_once(&mut b) {}
+    assert!(b.stats().to_string().contains("done"));
+}
+
+#[test]
+fn branch_stats_display_names_the_branch_and_its_counters() {
+    let (branches, _) = counted(20, 2, 4);
+    let [mut a, b]: [_; 2] = branches.try_into().unwrap();
+    for i in 0..3 {
+        read(&mut a, i);
+    }
+    let stats = a.stats();
+    let text = entry(&stats, b.id()).to_string();
+    assert!(text.contains("branch 1"), "{text}");
+    assert!(text.contains("lag 3"), "{text}");
+    assert!(text.contains("delivered 0"), "{text}");
+    assert!(!text.contains("lossy"), "{text}");
+    assert!(!text.contains("missed"), "{text}");
+    let text = entry(&stats, a.id()).to_string();
+    assert!(text.contains("branch 0"), "{text}");
+    assert!(text.contains("delivered 3"), "{text}");
+
+    // A lossy branch says so, with what it missed.
+    let b = b.into_lossy();
+    read(&mut a, 3);
+    read(&mut a, 4);
+    let stats = a.stats();
+    let lossy = entry(&stats, b.id());
+    assert!(lossy.lossy);
+    assert_eq!(lossy.missed, 1);
+    let text = lossy.to_string();
+    assert!(text.contains("lossy"), "{text}");
+    assert!(text.contains("missed 1"), "{text}");
+    let table = stats.to_string();
+    let row = table_rows(&table)
+        .into_iter()
+        .find(|row| row_id(row) == b.id())
+        .unwrap();
+    assert!(
+        row.split_whitespace().any(|word| word == "lossy"),
+        "{table}"
+    );
+}
+
+#[test]
+fn snapshots_clone_and_compare() {
+    let (branches, _) = counted(20, 2, 4);
+    let [mut a, b]: [_; 2] = branches.try_into().unwrap();
+    read(&mut a, 0);
+    let stats = a.stats();
+    let copy = stats.clone();
+    assert_eq!(copy, stats);
+    assert_eq!(copy.branches[0].clone(), stats.branches[0]);
+    assert_ne!(stats.branches[0], stats.branches[1]);
+
+    // Nothing changed, nothing full: an equal snapshot.
+    assert_eq!(b.stats(), stats);
+
+    // One more item: a different snapshot.
+    read(&mut a, 1);
+    let later = b.stats();
+    assert_ne!(later, stats);
+    assert_ne!(later.branches, stats.branches);
+
+    let mut changed = stats.clone();
+    changed.high_water += 1;
+    assert_ne!(changed, stats);
+    let mut changed = stats.clone();
+    changed.branches[1].stalled_upstream = Duration::from_nanos(1);
+    assert_ne!(changed, stats);
+    assert_ne!(format!("{changed:?}"), "");
+}
