@@ -27,8 +27,8 @@ use tokio_test::assert_pending;
 use tokio_test::task::{spawn, Spawn};
 
 use support::{
-    clear_hook, collect_all, hang_guard, panic_message, poll_once, poll_with, set_hook,
-    CallbackWaker, DropFlag, Hooked, Progress, Rng, Tracked, Tracker, WakeFlag,
+    clear_hook, collect_all, hang_guard, panic_message, poll_once, poll_with, set_hook, share,
+    take, CallbackWaker, DropFlag, Hooked, Progress, Rng, Shared, Tracked, Tracker, WakeFlag,
 };
 
 /// Which item's next `Clone`, and which item's next `Drop`, panic: each trap
@@ -158,21 +158,6 @@ impl<S: Stream + Unpin> Stream for PanicOnDrop<S> {
     ) -> Poll<Option<S::Item>> {
         std::pin::Pin::new(&mut self.0).poll_next(cx)
     }
-}
-
-/// A branch that a hook or a waker can reach.
-type Shared<B> = Arc<Mutex<Option<B>>>;
-
-fn share<B>(branch: B) -> Shared<B> {
-    Arc::new(Mutex::new(Some(branch)))
-}
-
-fn take<B>(shared: &Shared<B>) -> B {
-    shared
-        .lock()
-        .unwrap()
-        .take()
-        .expect("the branch is still there")
 }
 
 /// The value a poll yielded, so that the item itself is dropped.

@@ -8,32 +8,17 @@ mod support;
 
 use std::collections::HashSet;
 use std::error::Error;
-use std::ops::Range;
 use std::task::Poll;
 use std::time::Duration;
 
-use fanout::{Branch, BranchStats, Lagged, Lossy, Stats, StreamExt as _};
+use fanout::{Branch, Lagged, Lossy, Stats, StreamExt as _};
 use futures::channel::mpsc;
 use futures::stream::{self, FusedStream, Stream};
 
-use support::{poll_once, poll_with, CountingPolls, PollCounts, Rng, Tracked, Tracker, WakeFlag};
-
-type Upstream = CountingPolls<stream::Iter<Range<u64>>>;
-
-/// Fans `0..len` out into `n` branches of capacity `cap`, counting polls.
-fn counted(len: u64, n: usize, cap: usize) -> (Vec<Branch<Upstream>>, PollCounts) {
-    let (upstream, counts) = CountingPolls::new(stream::iter(0..len));
-    (upstream.fanout(n, cap), counts)
-}
-
-/// The entry of branch `id` in `stats`.
-fn entry(stats: &Stats, id: usize) -> &BranchStats {
-    stats
-        .branches
-        .iter()
-        .find(|branch| branch.id == id)
-        .unwrap_or_else(|| panic!("no entry for branch {id} in {stats:?}"))
-}
+use support::{
+    counted, entry, poll_once, poll_with, CountedUpstream, CountingPolls, Rng, Tracked, Tracker,
+    WakeFlag,
+};
 
 /// Polls `branch` once and expects item `expected`.
 fn read<S>(branch: &mut Branch<S>, expected: u64)
@@ -503,9 +488,9 @@ fn backpressure_branches_still_hold_each_other_back_beside_a_lossy_one() {
 /// `main` full and waiting for room, `slow` and a lossy tap at the oldest
 /// position.
 fn waiting_beside_a_lossy_tap() -> (
-    Branch<Upstream>,
-    Branch<Upstream>,
-    Lossy<Upstream>,
+    Branch<CountedUpstream>,
+    Branch<CountedUpstream>,
+    Lossy<CountedUpstream>,
     std::sync::Arc<WakeFlag>,
 ) {
     let (branches, _) = counted(10, 3, 2);

@@ -26,28 +26,12 @@ use tokio_test::assert_pending;
 use tokio_test::task::{spawn, Spawn};
 
 use support::{
-    clear_hook, collect_all, hang_guard, poll_once, poll_with, set_hook, values, CallbackWaker,
-    DropFlag, Hooked, Tracked, Tracker, WakeFlag,
+    clear_hook, collect_all, hang_guard, poll_once, poll_with, set_hook, share, take, values,
+    CallbackWaker, DropFlag, Hooked, Shared, Tracked, Tracker, WakeFlag,
 };
-
-/// A branch that a waker's or an upstream's action can reach.
-type Shared<B> = Arc<Mutex<Option<B>>>;
 
 /// What the actions of a test saw, in order.
 type Seen<T> = Arc<Mutex<Vec<T>>>;
-
-fn share<B>(branch: B) -> Shared<B> {
-    Arc::new(Mutex::new(Some(branch)))
-}
-
-/// Takes the branch out of its slot, which must still hold it.
-fn take<B>(shared: &Shared<B>) -> B {
-    shared
-        .lock()
-        .unwrap()
-        .take()
-        .expect("the branch is still there")
-}
 
 fn is_gone<B>(shared: &Shared<B>) -> bool {
     shared.lock().unwrap().is_none()

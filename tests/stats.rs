@@ -12,32 +12,13 @@
 mod support;
 
 use std::collections::HashSet;
-use std::ops::Range;
 use std::task::Poll;
 use std::thread::sleep;
 use std::time::Duration;
 
-use fanout::{Branch, BranchStats, Stats, StreamExt as _};
-use futures::stream;
+use fanout::{Branch, Stats};
 
-use support::{poll_once, CountingPolls, PollCounts};
-
-type Upstream = CountingPolls<stream::Iter<Range<u64>>>;
-
-/// Fans `0..len` out into `n` branches of capacity `cap`, counting polls.
-fn counted(len: u64, n: usize, cap: usize) -> (Vec<Branch<Upstream>>, PollCounts) {
-    let (upstream, counts) = CountingPolls::new(stream::iter(0..len));
-    (upstream.fanout(n, cap), counts)
-}
-
-/// The entry of branch `id` in `stats`.
-fn entry(stats: &Stats, id: usize) -> &BranchStats {
-    stats
-        .branches
-        .iter()
-        .find(|branch| branch.id == id)
-        .unwrap_or_else(|| panic!("no entry for branch {id} in {stats:?}"))
-}
+use support::{counted, entry, poll_once, PollCounts};
 
 /// The ids of the entries, in their order.
 fn ids(stats: &Stats) -> Vec<usize> {

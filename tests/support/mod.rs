@@ -12,6 +12,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
 use std::time::Duration;
 
+use fanout::{Branch, BranchStats, Stats, StreamExt as _};
 use futures::executor::block_on;
 use futures::future::join_all;
 use futures::task::noop_waker_ref;
@@ -489,4 +490,38 @@ impl<S: Stream + Unpin> Stream for Hooked<S> {
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.inner.size_hint()
     }
+}
+
+/// The upstream of [`counted`]: `0..len`, counting its polls.
+pub type CountedUpstream = CountingPolls<futures::stream::Iter<std::ops::Range<u64>>>;
+
+/// Fans `0..len` out into `n` branches of capacity `cap`, counting polls.
+pub fn counted(len: u64, n: usize, cap: usize) -> (Vec<Branch<CountedUpstream>>, PollCounts) {
+    let (upstream, counts) = CountingPolls::new(futures::stream::iter(0..len));
+    (upstream.fanout(n, cap), counts)
+}
+
+/// The entry of branch `id` in `stats`.
+pub fn entry(stats: &Stats, id: usize) -> &BranchStats {
+    stats
+        .branches
+        .iter()
+        .find(|branch| branch.id == id)
+        .unwrap_or_else(|| panic!("no entry for branch {id} in {stats:?}"))
+}
+
+/// A branch that a waker's, a hook's or an upstream's action can reach.
+pub type Shared<B> = Arc<Mutex<Option<B>>>;
+
+pub fn share<B>(branch: B) -> Shared<B> {
+    Arc::new(Mutex::new(Some(branch)))
+}
+
+/// Takes the branch out of its slot, which must still hold it.
+pub fn take<B>(shared: &Shared<B>) -> B {
+    shared
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the branch is still there")
 }
