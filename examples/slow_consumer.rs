@@ -502,7 +502,7 @@ where
         // Let the scheduler in now and then: this loop is CPU-bound, and
         // neither a branch nor an unbounded receiver takes part in tokio's
         // cooperative budget, so it would otherwise hog its worker thread.
-        tokio::task::consume_budget().await;
+        tokio::task::coop::consume_budget().await;
     }
     black_box(checksum);
     Consumed {
@@ -653,7 +653,7 @@ where
             // A consumer that is gone no longer needs its copies.
             let _ = first_tx.unbounded_send(item.clone());
             let _ = second_tx.unbounded_send(item);
-            tokio::task::consume_budget().await;
+            tokio::task::coop::consume_budget().await;
         }
     };
     (pump, first_rx, second_rx)
