@@ -59,7 +59,7 @@
 
 //! # Statistics
 //!
-//! Counters (items pulled, delivered, missed, the high-water mark) are
+//! Counters (items delivered and missed, the high-water mark) are
 //! updated under the lock that is held anyway. The time a branch holds the
 //! upstream back is measured only at transitions: when the buffer becomes
 //! full, every backpressure branch at the oldest position starts a stall
@@ -121,8 +121,6 @@ struct State<S: Stream> {
     upstream: Upstream<S>,
     /// The upstream's `size_hint` after its latest poll.
     upstream_hint: SizeHint,
-    /// Items taken from the upstream so far: `head + slots.len()`.
-    pulled: u64,
     /// The most items ever buffered at once.
     high_water: usize,
     /// Branches at the end of a full buffer. Woken whenever a slot is freed.
@@ -170,7 +168,6 @@ impl<S: Stream> Shared<S> {
                 branches: Registry::new(branches),
                 upstream: Upstream::Idle(Box::pin(upstream)),
                 upstream_hint,
-                pulled: 0,
                 high_water: 0,
                 waiting_for_room: Waiters::default(),
                 due: Wakeups::default(),
@@ -269,7 +266,7 @@ impl<S: Stream> Shared<S> {
     pub(crate) fn stats(&self) -> Stats {
         let now = Instant::now();
         let state = self.lock_state();
-        let end = state.pulled;
+        let end = state.pulled();
         let mut branches: Vec<_> = state
             .branches
             .iter()
@@ -280,7 +277,7 @@ impl<S: Stream> Shared<S> {
             capacity: state.capacity,
             buffered: state.slots.len(),
             high_water: state.high_water,
-            pulled: state.pulled,
+            pulled: end,
             upstream_done: matches!(state.upstream, Upstream::Done),
             branches,
         }
@@ -354,7 +351,7 @@ where
                 state.upstream = Upstream::Idle(upstream);
                 self.signal.move_all_to(&mut state.due);
                 state.push(item);
-                let position = state.pulled - 1;
+                let position = state.pulled() - 1;
                 let item = state
                     .read(key, position)
                     .expect("the poller reads the item it just pushed");
@@ -400,6 +397,12 @@ impl<S: Stream> State<S> {
         self.slots.len() - self.index_of(position)
     }
 
+    /// Items taken from the upstream so far: the position after the newest
+    /// buffered item.
+    fn pulled(&self) -> u64 {
+        self.head + self.slots.len() as u64
+    }
+
     fn is_full(&self) -> bool {
         self.slots.len() >= self.capacity
     }
@@ -416,7 +419,6 @@ impl<S: Stream> State<S> {
     fn push(&mut self, item: S::Item) {
         let unread_by = self.branches.len();
         self.slots.push_back(Slot { item, unread_by });
-        self.pulled += 1;
         self.high_water = self.high_water.max(self.slots.len());
     }
 
