@@ -94,8 +94,11 @@ impl<S: Stream> Branch<S> {
     }
 
     /// Returns the number of items buffered that this branch has not read
-    /// yet: how far the fastest branch is ahead of this one, at most
-    /// [`capacity`](Branch::capacity).
+    /// yet, at most [`capacity`](Branch::capacity).
+    ///
+    /// The branch that polls the upstream pulls as many items as the buffer
+    /// has room for, up to 32, so the count includes items that no branch
+    /// has read yet.
     ///
     /// # Examples
     ///
@@ -105,10 +108,11 @@ impl<S: Stream> Branch<S> {
     ///
     /// block_on(async {
     ///     let (mut fast, slow) = stream::iter(1..=10).tee(4);
-    ///     fast.next().await;
-    ///     fast.next().await;
-    ///     assert_eq!(fast.lag(), 0);
-    ///     assert_eq!(slow.lag(), 2);
+    ///     // Pulls 1..=4, all the room there is, and yields 1.
+    ///     assert_eq!(fast.next().await, Some(1));
+    ///     assert_eq!(fast.next().await, Some(2));
+    ///     assert_eq!(fast.lag(), 2);
+    ///     assert_eq!(slow.lag(), 4);
     /// });
     /// ```
     pub fn lag(&self) -> usize {

@@ -42,7 +42,11 @@
 //!   past what the slowest branch has read. [`Branch::lag`] tells how far
 //!   behind a branch is.
 //! - **No task is spawned.** Whichever branch needs an item that nobody has
-//!   pulled yet polls the upstream itself. Creating branches polls nothing.
+//!   pulled yet polls the upstream itself. It pulls a batch: it polls again
+//!   while the upstream yields, up to the room in the buffer and at most 32
+//!   items, buffers them all and yields the first, so that the cost of the
+//!   shared buffer's lock is spread over the batch. Creating branches polls
+//!   nothing.
 //!   The branches work on any executor, from one task (with `join` or
 //!   `select`) or from many tasks and threads. The upstream needs neither
 //!   `Unpin` nor [`FusedStream`](futures_core::FusedStream); it is never
@@ -59,9 +63,12 @@
 //!   waiting branch does not depend on the branch that polled last (it may
 //!   have been dropped, or be busy elsewhere). Wakers are woken after
 //!   internal locks are released, so a waker may poll or drop branches.
-//! - **A panic in the upstream** propagates to the branch that polled it.
-//!   The other branches still get every buffered item, then panic with a
-//!   message that says the upstream panicked; none of them hangs.
+//! - **A panic in the upstream** propagates to the branch that polled it;
+//!   if the upstream had yielded items earlier in the same batch, that
+//!   branch yields them first, and the panic reaches the first branch that
+//!   reads past them. The other branches still get every buffered item, then
+//!   panic with a message that says the upstream panicked; none of them
+//!   hangs.
 //! - **Cloning items.** An item is cloned while the fanout's internal lock
 //!   is held, so its `Clone` must not poll, clone or drop a branch of the
 //!   same fanout (that would deadlock), and should be cheap: wrap costly

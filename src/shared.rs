@@ -28,16 +28,21 @@
 //!    for the upstream (see [`UpstreamSignal`]).
 //! 4. It is at the end and there is room: it takes the upstream out of the
 //!    state, releases the lock, and polls the upstream itself, with the
-//!    fanout's own waker. A yielded item is pushed with one reader per live
-//!    branch and read at once by the poller; the end of the upstream is
-//!    recorded; either way the branches waiting for the upstream are woken.
-//!    If the upstream returned `Pending`, the poller waits for it like case 3.
+//!    fanout's own waker. It polls again while the upstream yields and the
+//!    batch fits in the room it saw (and in [`MAX_BATCH`]), so that one lock
+//!    pushes many items: the room can only grow while it polls, because only
+//!    the poller pushes. The yielded items are pushed with one reader per
+//!    live branch and the first is read at once by the poller; the end of
+//!    the upstream is recorded; either way the branches waiting for the
+//!    upstream are woken. If the upstream returned `Pending` before yielding
+//!    anything, the poller waits for it like case 3.
 //!
-//! So the upstream is polled by one branch at a time, never while the buffer
-//! is full, and never with a lock held: it may wake its waker, and so any
-//! branch, from inside `poll_next`. If it panics, the upstream is marked as
-//! panicked, dropped, and every waiting branch is woken: the branches still
-//! read what is buffered, then panic with a message that says why.
+//! So the upstream is polled by one branch at a time, never for more items
+//! than the buffer has room for, and never with a lock held: it may wake its waker, and so any
+//! branch, from inside `poll_next`. If it panics, the items it yielded before
+//! are buffered, the upstream is marked as panicked, dropped, and every
+//! waiting branch is woken: the branches still read what is buffered, then
+//! panic with a message that says why.
 //!
 //! # Locks and wake-ups
 //!
@@ -68,8 +73,10 @@
 //! ends when the buffer stops being full. The clock is read only while the buffer
 //! is full.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -84,6 +91,15 @@ use crate::waiters::{Waiters, Wakeups};
 
 /// A stream's `size_hint`: lower and upper bounds on the items it has left.
 type SizeHint = (usize, Option<usize>);
+
+/// What a panic carries, as `catch_unwind` returns it.
+type PanicPayload = Box<dyn Any + Send>;
+
+/// The most items one poll of a branch pulls from the upstream, however
+/// much room the buffer has: enough to spread the cost of the lock over many
+/// items, few enough that the poller's own consumer and the branches waiting
+/// for the upstream do not wait long for the first of them.
+const MAX_BATCH: usize = 32;
 
 /// What a branch gets from a poll that does not wait.
 #[derive(Debug)]
@@ -125,6 +141,9 @@ struct State<S: Stream> {
     high_water: usize,
     /// Branches at the end of a full buffer. Woken whenever a slot is freed.
     waiting_for_room: Waiters,
+    /// An empty vector, kept so that a poll of the upstream collects its
+    /// batch without allocating. Taken out, with the upstream, by the poller.
+    spare_batch: Vec<S::Item>,
     /// Wakers taken out of a list under this lock, to be woken when it is
     /// released. Empty whenever the lock is free (see [`Locked`]).
     due: Wakeups,
@@ -146,8 +165,10 @@ enum Upstream<S> {
     Polling,
     /// It returned `None`, and has been dropped.
     Done,
-    /// Its `poll_next` panicked, and it has been dropped.
-    Panicked,
+    /// Its `poll_next` panicked, and it has been dropped. Holds the panic's
+    /// payload if the panic came after the upstream had yielded items in the
+    /// same poll: the first branch to read past those items resumes it.
+    Panicked(Option<PanicPayload>),
 }
 
 /// The buffer is full and backpressure branches hold its oldest slot.
@@ -170,6 +191,7 @@ impl<S: Stream> Shared<S> {
                 upstream_hint,
                 high_water: 0,
                 waiting_for_room: Waiters::default(),
+                spare_batch: Vec::new(),
                 due: Wakeups::default(),
             }),
             signal,
@@ -252,7 +274,7 @@ impl<S: Stream> Shared<S> {
         let record = state.branches.get(key);
         let buffered = state.buffered_from(record.position);
         let (lower, upper) = match state.upstream {
-            Upstream::Done | Upstream::Panicked => (0, Some(0)),
+            Upstream::Done | Upstream::Panicked(_) => (0, Some(0)),
             Upstream::Idle(_) | Upstream::Polling => state.upstream_hint,
         };
         let hint = (
@@ -308,19 +330,29 @@ where
         }
         let replaced = match state.upstream {
             Upstream::Done => return Poll::Ready(None),
-            Upstream::Panicked => {
+            Upstream::Panicked(ref mut payload) => {
+                let payload = payload.take();
                 drop(state);
+                if let Some(payload) = payload {
+                    resume_unwind(payload);
+                }
                 panic!("fanout: the upstream stream panicked while another branch polled it; every item it yielded before has been delivered to this branch");
             }
             Upstream::Polling => self.signal.park(key, cx.waker()),
             Upstream::Idle(_) => match state.make_room() {
                 Err(NoRoom) => state.waiting_for_room.register(key, cx.waker()),
                 Ok(evicted) => {
-                    let upstream = state.take_upstream();
+                    let poll = UpstreamPoll {
+                        shared: self,
+                        upstream: Some(state.take_upstream()),
+                        started: false,
+                        batch: std::mem::take(&mut state.spare_batch),
+                        limit: state.room().min(MAX_BATCH),
+                    };
                     self.signal.start_poll();
                     drop(state);
                     drop(evicted);
-                    return self.poll_upstream(key, upstream, cx);
+                    return self.poll_upstream(key, poll, cx);
                 }
             },
         };
@@ -330,58 +362,68 @@ where
     }
 
     /// Polls the upstream, which branch `key` has taken out of the state, and
-    /// puts it back (or records its end) with what it yielded.
+    /// puts it back (or records its end) with the batch it yielded.
     fn poll_upstream(
         &self,
         key: usize,
-        upstream: Pin<Box<S>>,
+        mut poll: UpstreamPoll<'_, S>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Delivery<S::Item>>> {
-        let mut poll = UpstreamPoll {
-            shared: self,
-            upstream: Some(upstream),
-        };
-        let (polled, hint) = poll.poll(&self.upstream_waker);
-        let upstream = poll.finish();
+        let end = poll.pull(&self.upstream_waker);
+        let (upstream, batch) = poll.finish();
 
         let mut state = self.lock_state();
-        state.upstream_hint = hint;
-        match polled {
-            Poll::Ready(Some(item)) => {
+        let first = state.pulled();
+        let pulled_any = !batch.is_empty();
+        state.push_batch(batch);
+        let retired = match end {
+            BatchEnd::Limit(hint) | BatchEnd::Pending(hint) => {
+                state.upstream_hint = hint;
                 state.upstream = Upstream::Idle(upstream);
-                self.signal.move_all_to(&mut state.due);
-                state.push(item);
-                let position = state.pulled() - 1;
-                let item = state
-                    .read(key, position)
-                    .expect("the poller reads the item it just pushed");
-                state.start_stalls_if_full();
-                drop(state);
-                Poll::Ready(Some(Delivery::Item(item)))
+                None
             }
-            Poll::Ready(None) => {
+            BatchEnd::End => {
                 state.upstream = Upstream::Done;
-                self.signal.move_all_to(&mut state.due);
-                drop(state);
-                drop(upstream);
-                Poll::Ready(None)
+                Some(upstream)
             }
-            Poll::Pending => {
-                state.upstream = Upstream::Idle(upstream);
-                match self.signal.park_after_pending(key, cx.waker()) {
-                    AfterPending::Parked(replaced) => {
-                        drop(state);
-                        drop(replaced);
-                    }
-                    AfterPending::WokenDuringPoll(parked) => {
-                        state.due.append(parked);
-                        drop(state);
-                        cx.waker().wake_by_ref();
-                    }
-                }
-                Poll::Pending
+            BatchEnd::Panicked(payload) => {
+                state.upstream = Upstream::Panicked(Some(payload));
+                let fields = &mut *state;
+                fields.waiting_for_room.move_all_to(&mut fields.due);
+                Some(upstream)
+            }
+        };
+        if pulled_any || retired.is_some() {
+            self.signal.move_all_to(&mut state.due);
+        }
+        if let Some(upstream) = retired {
+            // Dropped before the poller reads anything: if the drop panics,
+            // the batch stays buffered for it too. Then it reads as any
+            // branch does, from the buffer or the recorded end.
+            drop(state);
+            drop(upstream);
+            return self.poll_next(key, cx);
+        }
+        if pulled_any {
+            let item = state
+                .read(key, first)
+                .expect("the poller reads the first item it pushed");
+            state.start_stalls_if_full();
+            drop(state);
+            return Poll::Ready(Some(Delivery::Item(item)));
+        }
+        match self.signal.park_after_pending(key, cx.waker()) {
+            AfterPending::Parked(replaced) => {
+                drop(state);
+                drop(replaced);
+            }
+            AfterPending::WokenDuringPoll(parked) => {
+                state.due.append(parked);
+                drop(state);
+                cx.waker().wake_by_ref();
             }
         }
+        Poll::Pending
     }
 }
 
@@ -407,6 +449,11 @@ impl<S: Stream> State<S> {
         self.slots.len() >= self.capacity
     }
 
+    /// The items the buffer can take before it is full.
+    fn room(&self) -> usize {
+        self.capacity - self.slots.len()
+    }
+
     /// Takes the idle upstream out of the state for a poll.
     fn take_upstream(&mut self) -> Pin<Box<S>> {
         match std::mem::replace(&mut self.upstream, Upstream::Polling) {
@@ -415,11 +462,14 @@ impl<S: Stream> State<S> {
         }
     }
 
-    /// Buffers a new item, unread by every live branch.
-    fn push(&mut self, item: S::Item) {
+    /// Buffers the items of `batch`, each unread by every live branch, and
+    /// keeps the emptied vector for the next batch.
+    fn push_batch(&mut self, mut batch: Vec<S::Item>) {
         let unread_by = self.branches.len();
-        self.slots.push_back(Slot { item, unread_by });
+        self.slots
+            .extend(batch.drain(..).map(|item| Slot { item, unread_by }));
         self.high_water = self.high_water.max(self.slots.len());
+        self.spare_batch = batch;
     }
 
     /// Called when the buffer may have become full (after a push and the
@@ -516,25 +566,74 @@ where
     }
 }
 
-/// The upstream while one branch polls it. If its `poll_next` panics, the
-/// drop of this guard marks the upstream as panicked, wakes every waiting
-/// branch, so that none of them waits for a poll that will never end, and
-/// drops the upstream.
+/// Why a poll of the upstream stopped pulling items.
+enum BatchEnd {
+    /// The batch is as large as the room allowed. Holds the upstream's
+    /// latest `size_hint`.
+    Limit(SizeHint),
+    /// The upstream returned `Pending`. Holds its latest `size_hint`.
+    Pending(SizeHint),
+    /// The upstream returned `None`.
+    End,
+    /// The upstream panicked after it had yielded the first item of the
+    /// batch; holds the panic's payload.
+    Panicked(PanicPayload),
+}
+
+/// The upstream while one branch polls it, and the batch of items it has
+/// yielded so far.
+///
+/// If the first `poll_next` panics, the panic reaches the poller at once,
+/// and the drop of this guard marks the upstream as panicked, wakes every
+/// waiting branch, so that none of them waits for a poll that will never
+/// end, and drops the upstream. A panic in a later `poll_next` of the same
+/// batch is caught instead (see [`BatchEnd::Panicked`]), so that the items
+/// yielded before it are buffered and reach every branch first. If
+/// something else panics before the first poll (the drop of an evicted
+/// item), the guard puts the upstream back, and wakes the branches waiting
+/// for it, so that one of them polls it.
 struct UpstreamPoll<'a, S: Stream> {
     shared: &'a Shared<S>,
     /// `Some` until the poll returns normally.
     upstream: Option<Pin<Box<S>>>,
+    /// The upstream's `poll_next` has been called.
+    started: bool,
+    /// The items yielded by this poll, at most `limit`.
+    batch: Vec<S::Item>,
+    /// The room the buffer had when the poll started, capped by
+    /// [`MAX_BATCH`]. At least 1.
+    limit: usize,
 }
 
 impl<S: Stream> UpstreamPoll<'_, S> {
-    fn poll(&mut self, waker: &Waker) -> (Poll<Option<S::Item>>, SizeHint) {
+    /// Polls the upstream until it has yielded `limit` items, returned
+    /// `Pending`, ended or panicked after the first item.
+    fn pull(&mut self, waker: &Waker) -> BatchEnd {
         let upstream = self.upstream.as_mut().expect("polled once");
-        let polled = upstream.as_mut().poll_next(&mut Context::from_waker(waker));
-        (polled, upstream.size_hint())
+        self.started = true;
+        let mut cx = Context::from_waker(waker);
+        match upstream.as_mut().poll_next(&mut cx) {
+            Poll::Ready(Some(item)) => self.batch.push(item),
+            Poll::Ready(None) => return BatchEnd::End,
+            Poll::Pending => return BatchEnd::Pending(upstream.size_hint()),
+        }
+        let (batch, limit) = (&mut self.batch, self.limit);
+        let rest = catch_unwind(AssertUnwindSafe(|| {
+            while batch.len() < limit {
+                match upstream.as_mut().poll_next(&mut cx) {
+                    Poll::Ready(Some(item)) => batch.push(item),
+                    Poll::Ready(None) => return BatchEnd::End,
+                    Poll::Pending => return BatchEnd::Pending(upstream.size_hint()),
+                }
+            }
+            BatchEnd::Limit(upstream.size_hint())
+        }));
+        rest.unwrap_or_else(BatchEnd::Panicked)
     }
 
-    fn finish(mut self) -> Pin<Box<S>> {
-        self.upstream.take().expect("finished once")
+    fn finish(mut self) -> (Pin<Box<S>>, Vec<S::Item>) {
+        let upstream = self.upstream.take().expect("finished once");
+        (upstream, std::mem::take(&mut self.batch))
     }
 }
 
@@ -544,12 +643,18 @@ impl<S: Stream> Drop for UpstreamPoll<'_, S> {
             return;
         };
         let mut state = self.shared.lock_state();
-        state.upstream = Upstream::Panicked;
+        let panicked = if self.started {
+            state.upstream = Upstream::Panicked(None);
+            Some(upstream)
+        } else {
+            state.upstream = Upstream::Idle(upstream);
+            None
+        };
         let fields = &mut *state;
         fields.waiting_for_room.move_all_to(&mut fields.due);
         self.shared.signal.move_all_to(&mut fields.due);
         drop(state);
-        drop(upstream);
+        drop(panicked);
     }
 }
 

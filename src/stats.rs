@@ -64,7 +64,7 @@ impl Stats {
     /// block_on(reader.next());
     /// let stats = reader.stats();
     /// let slowest = stats.slowest().unwrap();
-    /// assert_eq!((slowest.id, slowest.lag), (idle.id(), 1));
+    /// assert_eq!((slowest.id, slowest.lag), (idle.id(), 4));
     /// ```
     pub fn slowest(&self) -> Option<&BranchStats> {
         self.branches.iter().rev().max_by_key(|branch| branch.lag)

@@ -66,8 +66,10 @@ pub trait StreamExt: Stream {
     ///
     /// Nothing is spawned: a branch that needs an item nobody has pulled yet
     /// polls this stream itself, so the branches work on any executor, in
-    /// one task or in many. Creating the branches polls nothing. With `n ==
-    /// 0` no branch is returned and the stream is dropped unpolled.
+    /// one task or in many. It pulls every item the stream has ready, up to
+    /// the room in the buffer and at most 32, and yields the first. Creating
+    /// the branches polls nothing. With `n == 0` no branch is returned and
+    /// the stream is dropped unpolled.
     ///
     /// # Panics
     ///

@@ -1,6 +1,7 @@
 //! The public surface: constructors and their panics, `n == 0`, `tee`, the
-//! free function, `size_hint`, `lag`, `capacity`, auto traits, `Debug`, and
-//! upstream panics.
+//! free function, `size_hint`, `lag`, `capacity`, the size of the batch one
+//! poll pulls, auto traits, `Debug`, and upstream panics (also in the middle
+//! of a batch).
 
 mod support;
 
@@ -11,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use fanout::{Branch, StreamExt as _};
+use futures::channel::mpsc;
 use futures::executor::block_on;
 use futures::future;
 use futures::stream::{self, FusedStream, Stream};
@@ -174,22 +176,30 @@ fn size_hint_is_buffered_items_plus_the_upstream_hint() {
 
 #[test]
 fn size_hint_with_inexact_and_unbounded_upstreams() {
-    // A filter knows only an upper bound.
+    // A filter knows only an upper bound. Capacity 2, so that the first poll
+    // pulls a batch of only 2 items (the room the buffer has) and leaves the
+    // upstream unfinished: with a larger capacity one batch would pull every
+    // even number and see the end, and the hints would be exact.
     let filtered = stream::iter(0..10).filter(|x| future::ready(x % 2 == 0));
-    let (mut fast, slow) = filtered.tee(8);
+    let (mut fast, slow) = filtered.tee(2);
     assert_eq!(fast.size_hint(), (0, Some(10)));
     assert_eq!(block_on(fast.next()), Some(0));
+    // The batch pulled 0 and 2, so the upstream has consumed 0..3: at most
+    // 7 left, none known for sure, plus the 2 `fast` has buffered.
+    assert_eq!(fast.size_hint(), (1, Some(8)));
     assert_eq!(block_on(fast.next()), Some(2));
-    // Upstream has consumed 0..3: at most 7 left, none known for sure.
     assert_eq!(fast.size_hint(), (0, Some(7)));
     assert_eq!(slow.size_hint(), (2, Some(9)));
 
-    // An endless stream has no upper bound.
+    // An endless stream has no upper bound. The first poll pulls a batch of
+    // 4, the room of the buffer: `a` has 3 of them left, `b` all 4.
     let (mut a, b) = stream::repeat(1u8).tee(4);
     assert_eq!(a.size_hint(), (usize::MAX, None));
     block_on(a.next()).unwrap();
+    assert_eq!(a.size_hint(), (usize::MAX, None), "saturates");
     assert_eq!(b.size_hint(), (usize::MAX, None), "saturates");
-    assert_eq!(b.lag(), 1);
+    assert_eq!(a.lag(), 3);
+    assert_eq!(b.lag(), 4);
 }
 
 #[test]
@@ -204,20 +214,91 @@ fn size_hint_after_termination_is_zero() {
 
 #[test]
 fn lag_counts_unread_buffered_items_and_capacity_is_fixed() {
-    let [mut a, mut b, c]: [_; 3] = stream::iter(0..10u64).fanout(3, 5).try_into().unwrap();
+    // A channel fed one item before each poll, so that each poll of `a`
+    // pulls exactly one item (the next poll of the upstream in the batch
+    // returns `Pending`) and the lags of `b` and `c` grow one by one.
+    let (tx, rx) = mpsc::unbounded::<u64>();
+    let [mut a, mut b, c]: [_; 3] = rx.fanout(3, 5).try_into().unwrap();
     assert_eq!((a.lag(), b.lag(), c.lag()), (0, 0, 0));
     for lag in 1..=5 {
+        tx.unbounded_send(lag as u64 - 1).unwrap();
         assert_eq!(poll_once(&mut a), Poll::Ready(Some(lag as u64 - 1)));
         assert_eq!((a.lag(), b.lag(), c.lag()), (0, lag, lag));
     }
-    assert_eq!(poll_once(&mut a), Poll::Pending);
+    // The channel has an item, but the buffer is full.
+    tx.unbounded_send(5).unwrap();
+    a_full_buffer_of_5_waits_for_b(&mut a, &mut b, &c);
+    assert_eq!(a.clone().capacity(), 5);
+
+    // An upstream that is always ready: the first poll of `a` pulls a batch
+    // that fills the buffer and yields its first item; the poller's lag
+    // counts the rest of the batch, which it reads from the buffer.
+    let [mut a, mut b, c]: [_; 3] = stream::iter(0..10u64).fanout(3, 5).try_into().unwrap();
+    assert_eq!((a.lag(), b.lag(), c.lag()), (0, 0, 0));
+    for read in 1..=5 {
+        assert_eq!(poll_once(&mut a), Poll::Ready(Some(read as u64 - 1)));
+        assert_eq!((a.lag(), b.lag(), c.lag()), (5 - read, 5, 5));
+    }
+    a_full_buffer_of_5_waits_for_b(&mut a, &mut b, &c);
+}
+
+/// `a` has read all 5 items of a full buffer, `b` and `c` none: `a` waits,
+/// and `b` frees a slot by reading.
+fn a_full_buffer_of_5_waits_for_b<S: Stream<Item = u64>>(
+    a: &mut Branch<S>,
+    b: &mut Branch<S>,
+    c: &Branch<S>,
+) {
+    assert_eq!(poll_once(&mut *a), Poll::Pending);
     assert_eq!(c.lag(), 5, "at most the capacity");
-    assert_eq!(poll_once(&mut b), Poll::Ready(Some(0)));
+    assert_eq!(poll_once(&mut *b), Poll::Ready(Some(0)));
     assert_eq!((a.lag(), b.lag(), c.lag()), (0, 4, 5));
-    for branch in [&a, &b, &c] {
+    for branch in [&*a, &*b, c] {
         assert_eq!(branch.capacity(), 5);
     }
-    assert_eq!(a.clone().capacity(), 5);
+}
+
+#[test]
+fn one_poll_pulls_a_batch_of_at_most_32_items_and_the_room() {
+    // A large buffer: one poll of a branch at the end pulls 32 items from an
+    // upstream that is always ready, however much more room there is.
+    let (upstream, counts) = CountingPolls::new(stream::iter(0..10_000u64));
+    let (mut a, b) = upstream.tee(1024);
+    assert_eq!(poll_once(&mut a), Poll::Ready(Some(0)));
+    assert_eq!(counts.polls(), 32);
+    assert_eq!(counts.yielded(), 32);
+    assert_eq!((a.lag(), b.lag()), (31, 32));
+    // The poller reads the rest of the batch from the buffer.
+    for expected in 1..32 {
+        assert_eq!(poll_once(&mut a), Poll::Ready(Some(expected)));
+    }
+    assert_eq!(counts.polls(), 32);
+    // At the end again, with room for 992 more: another batch of 32.
+    assert_eq!(poll_once(&mut a), Poll::Ready(Some(32)));
+    assert_eq!(counts.polls(), 64);
+    assert_eq!((a.lag(), b.lag()), (31, 64));
+
+    // A small buffer: the batch is the room, 5 items.
+    let (upstream, counts) = CountingPolls::new(stream::iter(0..10_000u64));
+    let (mut a, mut b) = upstream.tee(5);
+    assert_eq!(poll_once(&mut a), Poll::Ready(Some(0)));
+    assert_eq!(counts.polls(), 5);
+    assert_eq!((a.lag(), b.lag()), (4, 5));
+    for expected in 1..5 {
+        assert_eq!(poll_once(&mut a), Poll::Ready(Some(expected)));
+    }
+    assert_eq!(poll_once(&mut a), Poll::Pending);
+    assert_eq!(counts.polls(), 5);
+    // `b` frees 2 slots: the next batch is those 2, the room when the poll
+    // starts.
+    assert_eq!(poll_once(&mut b), Poll::Ready(Some(0)));
+    assert_eq!(poll_once(&mut b), Poll::Ready(Some(1)));
+    assert_eq!(poll_once(&mut a), Poll::Ready(Some(5)));
+    assert_eq!(counts.polls(), 7);
+    assert_eq!((a.lag(), b.lag()), (1, 5));
+    assert_eq!(poll_once(&mut a), Poll::Ready(Some(6)));
+    assert_eq!(poll_once(&mut a), Poll::Pending);
+    assert_eq!(counts.polls(), 7);
 }
 
 // ------------------------------------------------------ auto traits, Debug
@@ -334,28 +415,83 @@ impl Stream for PanicsAt {
     }
 }
 
+/// The start of the message a branch panics with when the upstream panicked
+/// in another branch's poll.
+const FANOUT_PANIC: &str = "fanout: the upstream stream panicked while another branch polled it";
+
 #[test]
-fn an_upstream_panic_reaches_the_poller_and_then_the_others() {
-    let (mut a, mut b) = PanicsAt {
+fn a_panic_after_the_first_item_of_a_batch_reaches_the_poller_after_the_items() {
+    let (upstream, dropped) = DropFlag::new(PanicsAt {
         next: 0,
         panic_at: 3,
-    }
-    .tee(8);
-    for expected in 0..3 {
+    });
+    let (upstream, counts) = CountingPolls::new(upstream);
+    let (mut a, mut b) = upstream.tee(8);
+    // One poll of `a` pulls 0, 1 and 2, and the upstream panics in the
+    // fourth poll of the batch: the panic is caught, the three items are
+    // buffered, and `a` returns the first of them normally.
+    assert_eq!(poll_once(&mut a), Poll::Ready(Some(0)));
+    assert_eq!(counts.polls(), 4);
+    assert_eq!(counts.yielded(), 3);
+    assert_eq!((a.lag(), b.lag()), (2, 3));
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "a panicked upstream is dropped"
+    );
+    let stats = a.stats();
+    assert_eq!(stats.pulled, 3);
+    assert_eq!(stats.buffered, 3);
+    assert!(!stats.upstream_done, "it panicked, it did not end");
+
+    // `a` reads the rest of the batch from the buffer, then, reading past
+    // it, gets the upstream's own panic, with its payload.
+    for expected in 1..3 {
         assert_eq!(poll_once(&mut a), Poll::Ready(Some(expected)));
     }
     let panic = catch_unwind(AssertUnwindSafe(|| poll_once(&mut a))).unwrap_err();
     assert_eq!(panic_message(panic), "upstream boom");
 
-    // `b` still gets every item that was yielded, then panics with a
-    // message that says the upstream panicked.
+    // `b` gets every item, then the fanout's message: the payload went to
+    // `a`.
     for expected in 0..3 {
         assert_eq!(poll_once(&mut b), Poll::Ready(Some(expected)));
     }
     let panic = catch_unwind(AssertUnwindSafe(|| poll_once(&mut b))).unwrap_err();
     let message = panic_message(panic);
-    assert!(message.contains("upstream"), "{message}");
-    assert!(message.contains("panicked"), "{message}");
+    assert!(message.starts_with(FANOUT_PANIC), "{message}");
+    // The payload is resumed once: polled again, `a` gets the fanout's
+    // message too.
+    let panic = catch_unwind(AssertUnwindSafe(|| poll_once(&mut a))).unwrap_err();
+    let message = panic_message(panic);
+    assert!(message.starts_with(FANOUT_PANIC), "{message}");
+    assert_eq!(counts.polls(), 4, "a panicked upstream is not polled again");
+}
+
+#[test]
+fn after_a_mid_batch_panic_the_first_branch_to_read_past_the_items_gets_the_payload() {
+    let (upstream, counts) = CountingPolls::new(PanicsAt {
+        next: 0,
+        panic_at: 2,
+    });
+    let (mut a, mut b) = upstream.tee(8);
+    // `a` polls the upstream: a batch of 0 and 1, then the panic.
+    assert_eq!(poll_once(&mut a), Poll::Ready(Some(0)));
+    assert_eq!(counts.polls(), 3);
+
+    // `b` reads past the batch first, and so gets the upstream's panic,
+    // although `a` was the poller.
+    for expected in 0..2 {
+        assert_eq!(poll_once(&mut b), Poll::Ready(Some(expected)));
+    }
+    let panic = catch_unwind(AssertUnwindSafe(|| poll_once(&mut b))).unwrap_err();
+    assert_eq!(panic_message(panic), "upstream boom");
+
+    // `a` still gets the item it has not read, then the fanout's message.
+    assert_eq!(poll_once(&mut a), Poll::Ready(Some(1)));
+    let panic = catch_unwind(AssertUnwindSafe(|| poll_once(&mut a))).unwrap_err();
+    let message = panic_message(panic);
+    assert!(message.starts_with(FANOUT_PANIC), "{message}");
+    assert_eq!(counts.polls(), 3);
 }
 
 #[test]
@@ -375,6 +511,8 @@ fn a_branch_waiting_for_room_is_woken_by_an_upstream_panic() {
         tokio_test::assert_ready_eq!(b.poll_next(), Some(expected));
     }
     assert!(a.is_woken(), "room was freed");
+    // `b` starts a batch whose first poll of the upstream panics: the panic
+    // reaches `b` at once.
     let panic = catch_unwind(AssertUnwindSafe(|| b.poll_next())).unwrap_err();
     assert_eq!(panic_message(panic), "upstream boom");
     let panic = catch_unwind(AssertUnwindSafe(|| a.poll_next())).unwrap_err();

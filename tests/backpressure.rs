@@ -1,5 +1,6 @@
 //! One bounded buffer: a branch `cap` items ahead of the slowest waits, the
-//! upstream is never polled more than `cap` items past the slowest branch,
+//! upstream is never polled more than `cap` items past the slowest branch
+//! (a poll pulls a batch that fits the room), a batch may end on `Pending`,
 //! waiting branches are woken when room is freed or the upstream wakes, and
 //! creating branches polls nothing.
 
@@ -185,20 +186,69 @@ fn middle_branch_reading_does_not_free_room() {
     assert_eq!(counts.polls(), 3);
 }
 
+/// The most items one poll of a branch pulls from the upstream, however much
+/// room the buffer has.
+const MAX_BATCH: usize = 32;
+
+/// What the upstream of [`counted`] has done, as the batching rule predicts
+/// it: a branch at the end of a buffer with room pulls a batch of
+/// `min(room, MAX_BATCH)` items, fewer if the upstream ends first, in which
+/// case one more poll sees the end.
+#[derive(Debug, Default)]
+struct UpstreamModel {
+    yielded: u64,
+    polls: usize,
+    done: bool,
+}
+
+impl UpstreamModel {
+    /// Branch `read` items in polls, with the slowest branch `slowest` items
+    /// in; returns what the poll yields.
+    fn poll(&mut self, read: u64, slowest: u64, len: u64, cap: usize) -> Poll<Option<u64>> {
+        if read < self.yielded {
+            return Poll::Ready(Some(read));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let room = cap - (self.yielded - slowest) as usize;
+        if room == 0 {
+            return Poll::Pending;
+        }
+        let limit = room.min(MAX_BATCH) as u64;
+        let pulled = limit.min(len - self.yielded);
+        self.yielded += pulled;
+        self.polls += pulled as usize;
+        if pulled < limit {
+            self.polls += 1;
+            self.done = true;
+        }
+        if pulled == 0 {
+            Poll::Ready(None)
+        } else {
+            Poll::Ready(Some(read))
+        }
+    }
+}
+
 #[test]
 fn exact_bound_under_an_arbitrary_polling_schedule() {
     const LEN: u64 = 200;
+    // Capacity 40 lets a batch be cut by `MAX_BATCH` rather than the room.
     for n in [1, 2, 3, 5] {
-        for cap in [1, 2, 3, 8] {
+        for cap in [1, 2, 3, 8, 40] {
             for seed in 0..4 {
                 let mut rng = Rng::new(seed * 1_000 + n as u64 * 10 + cap as u64);
                 let (mut branches, counts) = counted(LEN, n, cap);
                 let mut progress = Progress::new(n, LEN, 100_000);
+                let mut model = UpstreamModel::default();
                 while progress.unfinished() {
                     // Skewed: branch 0 is polled more often than the others, so it keeps running into the buffer limit.
                     let i = if rng.below(4) == 0 { 0 } else { rng.below(n) };
                     let slowest_before = progress.slowest();
+                    let expected = model.poll(progress.read[i], slowest_before, LEN, cap);
                     let polled = poll_once(&mut branches[i]);
+                    assert_eq!(polled, expected, "n = {n}, cap = {cap}: branch {i}");
                     match polled {
                         Poll::Ready(Some(item)) => progress.item(i, item),
                         Poll::Ready(None) => progress.end(i),
@@ -215,14 +265,17 @@ fn exact_bound_under_an_arbitrary_polling_schedule() {
                     let slowest = progress.slowest();
                     let yielded = counts.yielded() as u64;
                     let fastest = progress.fastest();
-                    // Pulled on demand only, and never past the bound.
-                    assert_eq!(yielded, fastest, "n = {n}, cap = {cap}");
+                    // Pulled on demand only, in batches that fit the room
+                    // (the model), and never past the bound.
+                    assert_eq!(yielded, model.yielded, "n = {n}, cap = {cap}");
+                    assert!(yielded >= fastest, "n = {n}, cap = {cap}");
                     assert!(
                         yielded <= slowest + cap as u64,
                         "n = {n}, cap = {cap}: upstream yielded {yielded}, slowest read {slowest}"
                     );
-                    let end_polled = usize::from(progress.any_ended());
-                    assert_eq!(counts.polls(), yielded as usize + end_polled);
+                    // Each item is polled once, the end at most once.
+                    assert_eq!(counts.polls(), model.polls, "n = {n}, cap = {cap}");
+                    assert_eq!(counts.polls(), yielded as usize + usize::from(model.done));
                     for (j, branch) in branches.iter().enumerate() {
                         assert_eq!(
                             branch.lag() as u64,
@@ -372,4 +425,51 @@ fn waiting_for_room_under_a_pending_upstream() {
     assert!(fast.is_woken());
     assert_ready_eq!(fast.poll_next(), Some(2));
     assert_eq!(counts.yielded(), 3);
+}
+
+#[test]
+fn a_batch_that_ends_on_pending_yields_its_first_item_and_the_next_poller_goes_on() {
+    let (tx, rx) = mpsc::unbounded::<u32>();
+    let (upstream, counts) = CountingPolls::new(rx);
+    let (a, b) = upstream.tee(8);
+    let mut a = spawn(a);
+    let mut b = spawn(b);
+    for i in 0..3 {
+        tx.unbounded_send(i).unwrap();
+    }
+    // One poll of `a` pulls the 3 items; the fourth poll of the upstream
+    // returns `Pending`, which ends the batch: `a` returns the first item.
+    assert_ready_eq!(a.poll_next(), Some(0));
+    assert_eq!(counts.polls(), 4);
+    assert_eq!(counts.yielded(), 3);
+    assert_eq!((a.lag(), b.lag()), (2, 3));
+
+    // The channel holds the fanout's waker, but `a` is not parked on it: it
+    // returned an item.
+    tx.unbounded_send(3).unwrap();
+    assert!(!a.is_woken());
+    assert!(!b.is_woken());
+
+    // `b` reads the batch from the buffer, then, at the end, polls the
+    // upstream itself and pulls the new item (the batch ends on `Pending`).
+    for expected in 0..3 {
+        assert_ready_eq!(b.poll_next(), Some(expected));
+    }
+    assert_eq!(counts.polls(), 4);
+    assert_ready_eq!(b.poll_next(), Some(3));
+    assert_eq!(counts.polls(), 6);
+
+    // `a` reads everything from the buffer, then waits for the upstream, and
+    // is woken by it.
+    for expected in 1..4 {
+        assert_ready_eq!(a.poll_next(), Some(expected));
+    }
+    assert_eq!(counts.polls(), 6);
+    assert_pending!(a.poll_next());
+    assert_eq!(counts.polls(), 7);
+    tx.unbounded_send(4).unwrap();
+    assert!(a.is_woken());
+    assert_ready_eq!(a.poll_next(), Some(4));
+    assert_ready_eq!(b.poll_next(), Some(4));
+    assert_eq!(counts.polls(), 9);
 }

@@ -9,36 +9,44 @@
 //! regression tests for lost wake-ups on panic paths: a branch waiting for
 //! the upstream or for room whose waker was taken out of its list but never
 //! woken, because a panic unwound past the wake-up. Each checks that the
-//! waiting branch's waker is woken, with a flag or a `tokio_test` task.
+//! waiting branch's waker is woken, with a flag or a `tokio_test` task. The
+//! `f4_` test does the same for the drop of an item evicted for a lossy
+//! branch, which panics after the poller took the upstream and before it
+//! polled it: the upstream is put back, not marked as panicked.
 
 mod support;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::thread;
 
-use fanout::{Branch, StreamExt as _};
+use fanout::{Branch, Lagged, StreamExt as _};
 use futures::task::noop_waker_ref;
 use futures::{stream, Stream};
 use tokio_test::assert_pending;
 use tokio_test::task::{spawn, Spawn};
 
 use support::{
-    clear_hook, collect_all, hang_guard, panic_message, poll_once, poll_with, set_hook, share,
-    take, CallbackWaker, DropFlag, Hooked, Progress, Rng, Shared, Tracked, Tracker, WakeFlag,
+    clear_hook, collect_all, entry, hang_guard, panic_message, poll_once, poll_with, set_hook,
+    share, take, Action, CallbackWaker, DropFlag, Hooked, Progress, Rng, Shared, Tracked, Tracker,
+    WakeFlag,
 };
 
 /// Which item's next `Clone`, and which item's next `Drop`, panic: each trap
-/// is armed for one value, and fires once, then disarms itself.
-#[derive(Debug, Default)]
+/// is armed for one value, and fires once, then disarms itself. The drop
+/// trap may also run an action just before it panics (foreign code that
+/// polls a branch, say).
+#[derive(Default)]
 struct Traps {
     clone_armed: AtomicBool,
     clone_value: AtomicU64,
     drop_armed: AtomicBool,
     drop_value: AtomicU64,
+    drop_action: Mutex<Option<Action>>,
 }
 
 impl Traps {
@@ -56,6 +64,18 @@ impl Traps {
     fn arm_drop(&self, value: u64) {
         self.drop_value.store(value, Ordering::SeqCst);
         self.drop_armed.store(true, Ordering::SeqCst);
+    }
+
+    /// The next drop of a copy of item `value` runs `action`, then panics.
+    fn arm_drop_with(&self, value: u64, action: impl FnOnce() + Send + 'static) {
+        *self.drop_action.lock().unwrap() = Some(Box::new(action));
+        self.arm_drop(value);
+    }
+
+    /// The action armed with the drop trap, if any; taken out, so that it
+    /// runs with no lock of the traps held.
+    fn take_drop_action(&self) -> Option<Action> {
+        self.drop_action.lock().unwrap().take()
     }
 
     fn clone_is_armed(&self) -> bool {
@@ -117,6 +137,9 @@ impl Clone for Fragile {
 impl Drop for Fragile {
     fn drop(&mut self) {
         if self.traps.drop_fires(self.value()) {
+            if let Some(action) = self.traps.take_drop_action() {
+                action();
+            }
             panic!("{}", drop_boom(self.value()));
         }
     }
@@ -133,6 +156,33 @@ fn fragile_stream(
         tracked: tracker.item(value),
         traps: Arc::clone(&traps),
     }))
+}
+
+/// The items of `script`, in order, as [`Fragile`] items, where `None` is a
+/// poll that returns `Pending`; after the script, the end.
+///
+/// A branch that polls the upstream pulls a batch: it polls again while the
+/// upstream yields items and the buffer has room. A `Pending` ends the batch,
+/// so a script chooses which items one poll of a branch pulls. The `Pending`
+/// does not wake the waker: every script puts it right after an item that
+/// the same batch pulls, so no branch ever waits for it (and a wake-up of
+/// the upstream would wake the waiting branches that the tests expect to be
+/// woken by something else).
+fn scripted_fragile_stream(
+    tracker: &Arc<Tracker>,
+    traps: &Arc<Traps>,
+    script: &[Option<u64>],
+) -> impl Stream<Item = Fragile> + Send + Unpin {
+    let (tracker, traps) = (Arc::clone(tracker), Arc::clone(traps));
+    let mut script: VecDeque<Option<u64>> = script.iter().copied().collect();
+    stream::poll_fn(move |_: &mut Context<'_>| match script.pop_front() {
+        Some(Some(value)) => Poll::Ready(Some(Fragile {
+            tracked: tracker.item(value),
+            traps: Arc::clone(&traps),
+        })),
+        Some(None) => Poll::Pending,
+        None => Poll::Ready(None),
+    })
 }
 
 /// The message the upstream of the F2 test panics with when dropped.
@@ -229,11 +279,28 @@ fn three<T>(v: Vec<T>) -> [T; 3] {
 /// A polls the upstream for item 2, pushes it, and its clone of it panics:
 /// A gets the panic; B and C read every item; A, polled again, gets item 2
 /// and the rest.
+///
+/// The upstream returns `Pending` after each of items 0, 1 and 2, so that
+/// each of A's polls pulls one item (a poll of the upstream pulls a batch,
+/// which a `Pending` ends) and A's third poll pulls item 2 alone. Items 3 to
+/// 5 come in one batch, pulled by B.
 #[test]
 fn a_panicking_clone_of_a_pulled_item_reaches_the_poller_and_changes_nothing() {
     hang_guard(|| {
         let (tracker, traps) = (Tracker::new(), Traps::new());
-        let [mut a, mut b, mut c] = three(fragile_stream(&tracker, &traps, 6).fanout(3, 8));
+        let script = [
+            Some(0),
+            None,
+            Some(1),
+            None,
+            Some(2),
+            None,
+            Some(3),
+            Some(4),
+            Some(5),
+        ];
+        let [mut a, mut b, mut c] =
+            three(scripted_fragile_stream(&tracker, &traps, &script).fanout(3, 8));
 
         assert_eq!(try_poll(&mut a), Ok(Poll::Ready(Some(0))));
         assert_eq!(try_poll(&mut a), Ok(Poll::Ready(Some(1))));
@@ -395,11 +462,17 @@ fn random_schedules_with_panicking_clones_keep_every_branch_in_order() {
 /// F1. B waits for the upstream while A polls it (the upstream's hook polls
 /// B, which must return `Pending`); the upstream yields item 0, and A's
 /// clone of it panics. The item is buffered: B must be woken, and get it.
+///
+/// The upstream returns `Pending` after item 0, which ends A's batch, so
+/// that the upstream does not end in the same poll: only the item pushed
+/// can wake B. A's poll polls the upstream twice (item 0, then `Pending`),
+/// and the hook polls B each time.
 #[test]
 fn f1_a_branch_waiting_for_the_upstream_is_woken_when_the_pollers_clone_panics() {
     hang_guard(|| {
         let (tracker, traps) = (Tracker::new(), Traps::new());
-        let (upstream, hook) = Hooked::new(fragile_stream(&tracker, &traps, 3));
+        let script = [Some(0), None, Some(1), Some(2)];
+        let (upstream, hook) = Hooked::new(scripted_fragile_stream(&tracker, &traps, &script));
         let [mut a, b] = two(upstream.fanout(2, 4));
         let b = share(b);
         let b_flag = WakeFlag::new();
@@ -414,8 +487,8 @@ fn f1_a_branch_waiting_for_the_upstream_is_woken_when_the_pollers_clone_panics()
         clear_hook(&hook);
         assert_eq!(
             *b_got.lock().unwrap(),
-            [Poll::Pending],
-            "B, polled while A polled the upstream, must have waited"
+            [Poll::Pending, Poll::Pending],
+            "B, polled during both of A's polls of the upstream, must have waited"
         );
         assert!(
             b_flag.is_woken(),
@@ -440,11 +513,17 @@ fn f1_a_branch_waiting_for_the_upstream_is_woken_when_the_pollers_clone_panics()
 /// F2. B waits for the upstream while A polls it (hook); the upstream ends,
 /// A's poll drops it, and its `Drop` panics: A gets that panic. The end is
 /// recorded: B must be woken, and get `None`.
+///
+/// The upstream returns `Pending` after items 0 and 1, which A's first poll
+/// pulls in one batch, so that the end comes alone, in a later poll of A,
+/// with the hook set.
 #[test]
 fn f2_a_branch_waiting_for_the_upstream_is_woken_when_the_upstreams_drop_panics() {
     hang_guard(|| {
         let (tracker, traps) = (Tracker::new(), Traps::new());
-        let (inner, upstream_dropped) = DropFlag::new(fragile_stream(&tracker, &traps, 2));
+        let script = [Some(0), Some(1), None];
+        let (inner, upstream_dropped) =
+            DropFlag::new(scripted_fragile_stream(&tracker, &traps, &script));
         let (upstream, hook) = Hooked::new(PanicOnDrop(inner));
         let [mut a, b] = two(upstream.fanout(2, 4));
         let b = share(b);
@@ -483,6 +562,27 @@ fn f2_a_branch_waiting_for_the_upstream_is_woken_when_the_upstreams_drop_panics(
     });
 }
 
+/// F5. A batch ends on `None` after items, and the upstream's `Drop` panics:
+/// the poller gets the panic before it reads anything, so no item it pulled
+/// is lost; it reads them all on its next polls, as the other branch does.
+#[test]
+fn f5_a_panicking_upstream_drop_after_a_batch_loses_no_item_of_the_poller() {
+    hang_guard(|| {
+        let (tracker, traps) = (Tracker::new(), Traps::new());
+        let [mut a, mut b] = two(PanicOnDrop(fragile_stream(&tracker, &traps, 2)).fanout(2, 4));
+        assert_eq!(
+            try_poll(&mut a),
+            Err(UPSTREAM_DROP_BOOM.to_string()),
+            "the batch 0, 1, end dropped the upstream, and its drop panicked"
+        );
+        assert_eq!(a.lag(), 2, "A has read nothing yet");
+        assert_eq!(read_to_end(&mut a), [0, 1]);
+        assert_eq!(read_to_end(&mut b), [0, 1]);
+        drop((a, b));
+        assert_eq!(tracker.live(), 0);
+    });
+}
+
 /// F3. Capacity 1: `fast` reads item 0 and waits for room. Dropping `slow`
 /// releases item 0, whose `Drop` panics. The room is free all the same:
 /// `fast` must be woken, and read item 1 and the rest.
@@ -516,6 +616,108 @@ fn f3_a_branch_waiting_for_room_is_woken_when_a_released_items_drop_panics() {
             "item 0's copy was freed despite the panic"
         );
         assert_eq!(tracker.clones(), 1);
+    });
+}
+
+/// The value or the gap a lossy branch yielded, so that the item is dropped.
+fn lossy_value(polled: Poll<Option<Result<Fragile, Lagged>>>) -> Poll<Option<Result<u64, Lagged>>> {
+    polled.map(|item| item.map(|item| item.map(|item| item.value())))
+}
+
+/// F4. Capacity 2: `tap`, lossy, alone holds the oldest slot (item 0) of the
+/// full buffer when `main` polls at the end: `main` evicts item 0 before it
+/// polls the upstream, and item 0's `Drop` panics. First, that drop polls
+/// `d`, which finds the upstream taken and waits for it. The panic reaches
+/// `main`; the upstream is put back, not marked as panicked, and `d` is
+/// woken: `d` polls the upstream itself and gets item 2, and every branch
+/// then reads the rest normally, `tap` after reporting the item it missed.
+#[test]
+fn f4_a_panicking_drop_of_an_evicted_item_reaches_the_poller_and_leaves_the_upstream() {
+    hang_guard(|| {
+        let (tracker, traps) = (Tracker::new(), Traps::new());
+        let [mut main, tap, d] = three(fragile_stream(&tracker, &traps, 6).fanout(3, 2));
+        let mut tap = tap.into_lossy();
+        let d = share(d);
+
+        // Main's first poll pulls items 0 and 1, as much as the buffer holds.
+        assert_eq!(try_poll(&mut main), Ok(Poll::Ready(Some(0))));
+        for item in 0..2 {
+            assert_eq!(poll_shared(&d, noop_waker_ref()), Poll::Ready(Some(item)));
+        }
+        assert_eq!(try_poll(&mut main), Ok(Poll::Ready(Some(1))));
+        let stats = main.stats();
+        assert_eq!(
+            (stats.buffered, main.lag(), tap.lag()),
+            (2, 0, 2),
+            "the buffer is full, and only tap, lossy, holds its oldest slot"
+        );
+
+        let d_flag = WakeFlag::new();
+        let d_got = Arc::new(Mutex::new(Vec::new()));
+        traps.arm_drop_with(0, {
+            let (d, d_got, d_waker) = (Arc::clone(&d), Arc::clone(&d_got), d_flag.waker());
+            move || d_got.lock().unwrap().push(poll_shared(&d, &d_waker))
+        });
+        assert_eq!(
+            try_poll(&mut main),
+            Err(drop_boom(0)),
+            "main evicted item 0, whose drop panicked: the panic must reach main"
+        );
+        assert_eq!(
+            *d_got.lock().unwrap(),
+            [Poll::Pending],
+            "d, polled while main held the upstream, must have waited for it"
+        );
+        assert!(
+            d_flag.is_woken(),
+            "F4: main put the upstream back after the evicted item's drop panicked; d, waiting for it, was not woken"
+        );
+        let stats = main.stats();
+        assert!(!stats.upstream_done);
+        assert_eq!(entry(&stats, tap.id()).missed, 1, "tap gave up item 0");
+        assert_eq!(
+            (stats.buffered, stats.pulled, tap.lag()),
+            (1, 2, 1),
+            "item 1 is left, for tap; the upstream was not polled"
+        );
+        assert_eq!(
+            tracker.live(),
+            1,
+            "item 0 was freed despite the panic; item 1 is buffered"
+        );
+
+        // The upstream is not marked as panicked: d, woken, polls it.
+        assert_eq!(poll_shared(&d, noop_waker_ref()), Poll::Ready(Some(2)));
+        assert_eq!(try_poll(&mut main), Ok(Poll::Ready(Some(2))));
+        assert_eq!(
+            lossy_value(poll_once(&mut tap)),
+            Poll::Ready(Some(Err(Lagged(1))))
+        );
+        for item in 1..3 {
+            assert_eq!(
+                lossy_value(poll_once(&mut tap)),
+                Poll::Ready(Some(Ok(item)))
+            );
+        }
+        for item in 3..6 {
+            assert_eq!(try_poll(&mut main), Ok(Poll::Ready(Some(item))));
+            assert_eq!(poll_shared(&d, noop_waker_ref()), Poll::Ready(Some(item)));
+            assert_eq!(
+                lossy_value(poll_once(&mut tap)),
+                Poll::Ready(Some(Ok(item)))
+            );
+        }
+        assert_eq!(try_poll(&mut main), Ok(Poll::Ready(None)));
+        assert_eq!(poll_shared(&d, noop_waker_ref()), Poll::Ready(None));
+        assert_eq!(lossy_value(poll_once(&mut tap)), Poll::Ready(None));
+        assert!(main.stats().upstream_done);
+        drop((main, tap, d));
+        assert_eq!(tracker.live(), 0);
+        assert_eq!(
+            tracker.clones(),
+            12,
+            "two clones per item: main's and d's, the last reader (tap, or the eviction) moves"
+        );
     });
 }
 

@@ -99,6 +99,8 @@ fn a_lossy_branch_never_makes_a_backpressure_branch_wait() {
                 }
             }
             assert_eq!(poll_once(&mut main), Poll::Ready(None));
+            // `main`'s first poll pulls a batch of `cap` items, then each
+            // poll evicts one and pulls one: one upstream poll per item.
             assert_eq!(counts.polls(), LEN as usize + 1, "one poll per item");
 
             // To learn about the end, `main` needed one more slot: the taps
@@ -156,6 +158,75 @@ fn a_lossy_branch_at_the_oldest_position_gives_it_up_even_if_the_upstream_then_w
     assert_eq!(entry(&tap.stats(), tap.id()).missed, 1);
 }
 
+/// A branch that needs room evicts one item, which leaves room for one: its
+/// batch is that one item, however many the upstream has ready, so a lossy
+/// branch gives up exactly one item per item pulled past a full buffer. A
+/// batch that fits in the room costs it nothing.
+#[test]
+fn an_eviction_makes_room_for_a_batch_of_one_item_however_many_are_ready() {
+    let (tx, rx) = mpsc::unbounded::<u64>();
+    let (rx, counts) = CountingPolls::new(rx);
+    let (mut main, tap) = rx.tee(4);
+    let mut tap = tap.into_lossy();
+    for i in 0..3 {
+        tx.unbounded_send(i).unwrap();
+    }
+
+    // Three items, then `Pending`: a batch of 3 in a room of 4, nothing
+    // given up.
+    read(&mut main, 0);
+    assert_eq!((counts.yielded(), counts.polls()), (3, 4));
+    read(&mut main, 1);
+    read(&mut main, 2);
+    let stats = main.stats();
+    assert_eq!((stats.buffered, entry(&stats, tap.id()).missed), (3, 0));
+
+    // Seven ready now. A room of 1: a batch of one, nothing given up.
+    for i in 3..10 {
+        tx.unbounded_send(i).unwrap();
+    }
+    read(&mut main, 3);
+    assert_eq!((counts.yielded(), counts.polls()), (4, 5));
+    let stats = main.stats();
+    assert_eq!((stats.buffered, entry(&stats, tap.id()).missed), (4, 0));
+
+    // Full, the tap alone at the oldest position: each read evicts one item
+    // and pulls one.
+    for i in 4..8u64 {
+        read(&mut main, i);
+        assert_eq!(counts.yielded() as u64, i + 1, "item {i}");
+        assert_eq!(counts.polls() as u64, i + 2, "item {i}");
+        let stats = main.stats();
+        assert_eq!(stats.buffered, 4, "item {i}");
+        assert_eq!(entry(&stats, tap.id()).missed, i - 3, "item {i}");
+        assert_eq!(tap.lag(), 4, "item {i}");
+    }
+    expect(&mut tap, Err(Lagged(4)));
+    for i in 4..8 {
+        expect(&mut tap, Ok(i));
+    }
+
+    // Caught up, with an empty buffer: the tap's poll pulls the two items
+    // left and the channel's `Pending`, and gives nothing up.
+    expect(&mut tap, Ok(8));
+    assert_eq!((counts.yielded(), counts.polls()), (10, 12));
+    assert_eq!((tap.lag(), main.lag()), (1, 2));
+    read(&mut main, 8);
+    read(&mut main, 9);
+    expect(&mut tap, Ok(9));
+    drop(tx);
+    assert_eq!(poll_once(&mut main), Poll::Ready(None));
+    assert_eq!(poll_once(&mut tap), Poll::Ready(None));
+    let stats = main.stats();
+    assert_eq!(
+        (
+            entry(&stats, tap.id()).missed,
+            entry(&stats, tap.id()).delivered
+        ),
+        (4, 6)
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Gaps and reports, scripted
 
@@ -190,8 +261,10 @@ fn gaps_match_the_lagged_reports_exactly() {
     expect(&mut tap, Ok(5));
     expect(&mut tap, Ok(6));
     expect(&mut tap, Ok(7));
-    // Caught up: it polls the upstream itself, with nothing to give up.
+    // Caught up, with an empty buffer: it polls the upstream itself, with
+    // nothing to give up, and pulls a batch of 3 (8, 9 and 10).
     expect(&mut tap, Ok(8));
+    assert_eq!((tap.lag(), main.lag()), (2, 3));
     read(&mut main, 8);
 
     // Two reports in a row: evicted again before it read anything.
@@ -356,6 +429,9 @@ fn dropping_a_lossy_branch_with_a_report_pending_frees_its_items() {
 // ---------------------------------------------------------------------------
 // Every branch lossy
 
+/// The fastest tap's first poll pulls a batch that fills the empty buffer;
+/// from then on the buffer is a full ring: each poll at its end evicts the
+/// oldest item, which leaves room for one, and pulls exactly one item.
 #[test]
 fn when_every_branch_is_lossy_the_buffer_is_a_ring_and_the_upstream_follows_the_fastest() {
     const LEN: u64 = 100;
@@ -367,16 +443,19 @@ fn when_every_branch_is_lossy_the_buffer_is_a_ring_and_the_upstream_follows_the_
                 expect(&mut taps[0], Ok(i));
                 assert_eq!(
                     counts.yielded() as u64,
-                    i + 1,
-                    "pulled = what the fastest read"
+                    (i + 1).max(cap as u64),
+                    "cap {cap} n {n}: pulled = what the fastest read, or the first batch"
                 );
                 let stats = taps[0].stats();
-                assert_eq!(stats.buffered, cap.min(i as usize + 1));
+                assert_eq!(stats.buffered, cap, "cap {cap} n {n}: a full ring");
+                assert_eq!(stats.pulled, counts.yielded() as u64);
+                assert_eq!(taps[0].lag(), cap - 1 - (i as usize).min(cap - 1));
                 for tap in &taps[1..] {
-                    assert_eq!(tap.lag(), cap.min(i as usize + 1));
+                    assert_eq!(tap.lag(), cap);
                 }
             }
             assert_eq!(poll_once(&mut taps[0]), Poll::Ready(None));
+            // One poll per item (the first batch too), and one for the end.
             assert_eq!(counts.polls(), LEN as usize + 1);
             let missed = LEN - cap as u64 + 1;
             for tap in &mut taps[1..] {
@@ -654,6 +733,10 @@ struct ModelBranch {
     unreported: u64,
 }
 
+/// The most items one poll of a branch pulls from the upstream (the
+/// documented batch limit).
+const MAX_BATCH: usize = 32;
+
 /// The reference model of a fanout over an upstream of `len` items that
 /// never returns `Pending`, written from the documented rules.
 #[derive(Debug)]
@@ -661,6 +744,9 @@ struct Model {
     cap: usize,
     len: u64,
     pulled: u64,
+    /// Calls to the upstream's `poll_next`, the one that returned `None`
+    /// included.
+    polls: usize,
     done: bool,
     high_water: usize,
     next_id: usize,
@@ -673,6 +759,7 @@ impl Model {
             cap,
             len,
             pulled: 0,
+            polls: 0,
             done: false,
             high_water: 0,
             next_id: lossy.len(),
@@ -718,7 +805,8 @@ impl Model {
         }
         if self.buffered() == self.cap {
             // Room is needed: only lossy branches at the oldest position
-            // give it up, and they do before the upstream is polled.
+            // give it up, and they do before the upstream is polled. That
+            // frees one slot, so the batch below is a single item.
             let head = self.head();
             let at_head = || self.branches.iter().filter(|b| b.position == head);
             if at_head().any(|b| !b.lossy) {
@@ -730,16 +818,28 @@ impl Model {
                 branch.unreported += 1;
             }
         }
-        if self.pulled == self.len {
+        // One poll of the branch pulls a batch: as many items as the room it
+        // sees (at most `MAX_BATCH`) and the upstream has. A batch cut short
+        // by the end also polled the `None`, and the end is recorded at once,
+        // with the batch still buffered.
+        let limit = (self.cap - self.buffered()).min(MAX_BATCH);
+        let batch = limit.min((self.len - self.pulled) as usize);
+        self.polls += batch;
+        if batch < limit {
+            self.polls += 1;
             self.done = true;
+        }
+        if batch == 0 {
             return Outcome::End;
         }
-        self.pulled += 1;
+        let first = self.pulled;
+        self.pulled += batch as u64;
         self.high_water = self.high_water.max(self.buffered());
+        // The poller reads the first item of its batch at once.
         let branch = &mut self.branches[i];
         branch.position += 1;
         branch.delivered += 1;
-        Outcome::Item(self.pulled - 1)
+        Outcome::Item(first)
     }
 
     fn fork(&mut self, i: usize) -> usize {
@@ -931,6 +1031,7 @@ fn run_random(seed: u64, cap: usize, len: u64, lossy: &[bool], forks_and_drops: 
         let step = format!("{context}: step {steps}");
         model.check(&stats, &step);
         assert_eq!(counts.yielded() as u64, model.pulled, "{step}: upstream");
+        assert_eq!(counts.polls(), model.polls, "{step}: upstream polls");
         assert!(stats.buffered <= cap, "{step}");
         assert_eq!(
             tracker.live(),
@@ -964,12 +1065,16 @@ fn run_random(seed: u64, cap: usize, len: u64, lossy: &[bool], forks_and_drops: 
             );
         }
         if all_lossy && !forks_and_drops {
-            // The upstream runs exactly as far as the fastest branch read.
+            // The upstream runs ahead of the fastest branch by at most the
+            // rest of the batch that branch pulled last: at most `cap - 1`
+            // items, since a batch fits in the room and its poller reads
+            // the first item at once.
             let fastest = seen.iter().map(|s| s.next).max().unwrap();
-            assert_eq!(
-                counts.yielded() as u64,
-                fastest,
-                "{step}: pulled past the fastest"
+            let pulled = counts.yielded() as u64;
+            assert!(fastest <= pulled, "{step}: read past the upstream");
+            assert!(
+                pulled - fastest < cap as u64,
+                "{step}: pulled {pulled}, more than a batch past the fastest at {fastest}"
             );
         }
     }
@@ -1108,13 +1213,17 @@ fn size_hint_with_an_endless_upstream_and_a_report_pending() {
 
 #[test]
 fn accessors_and_debug_of_a_lossy_branch() {
-    let (branches, _) = counted(10, 3, 4);
+    // A capacity above the length: `main`'s first poll pulls all 10 items
+    // and the end in one batch, and the buffer is never full, so no stall is
+    // in progress and every branch's snapshot is the same.
+    let (branches, _) = counted(10, 3, 16);
     let [mut main, other, tap]: [_; 3] = branches.try_into().unwrap();
     let tap = tap.into_lossy();
     assert_eq!(tap.id(), 2);
     read(&mut main, 0);
     read(&mut main, 1);
-    assert_eq!(tap.lag(), 2);
+    assert_eq!(main.lag(), 8);
+    assert_eq!(tap.lag(), 10);
     assert_eq!(tap.stats(), main.stats());
     assert_eq!(tap.stats(), other.stats());
     let debug = format!("{tap:?}");
@@ -1122,7 +1231,7 @@ fn accessors_and_debug_of_a_lossy_branch() {
     assert!(debug.contains("Branch"), "{debug}");
     let fork = tap.clone();
     assert_eq!(fork.id(), 3);
-    assert_eq!(fork.lag(), 2);
+    assert_eq!(fork.lag(), 10);
 }
 
 #[test]

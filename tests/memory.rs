@@ -169,7 +169,10 @@ fn live_items_are_exactly_the_buffer_plus_what_the_test_holds() {
     for n in [2, 3, 4] {
         for cap in [1, 3, 8] {
             let tracker = Tracker::new();
-            let mut branches = tracker.stream(LEN).fanout(n, cap);
+            // Counted: a poll pulls a batch, so the upstream may have
+            // yielded more items than the fastest branch has read.
+            let (upstream, counts) = CountingPolls::new(tracker.stream(LEN));
+            let mut branches = upstream.fanout(n, cap);
             let mut rng = Rng::new(n as u64 * 100 + cap as u64);
             // The test holds the latest item of each branch.
             let mut held: Vec<Option<Tracked>> = (0..n).map(|_| None).collect();
@@ -185,7 +188,12 @@ fn live_items_are_exactly_the_buffer_plus_what_the_test_holds() {
                     Poll::Pending => {}
                 }
                 let holding = held.iter().flatten().count();
-                let buffered = progress.fastest() - progress.slowest();
+                // The buffer holds what the upstream yielded and the slowest
+                // branch has not read: at least what the fastest has read
+                // past it, at most `cap`.
+                let yielded = counts.yielded() as u64;
+                assert!(yielded >= progress.fastest());
+                let buffered = yielded - progress.slowest();
                 assert!(buffered <= cap as u64);
                 assert!(tracker.live() <= cap + holding, "n = {n}, cap = {cap}");
                 assert_eq!(
@@ -287,6 +295,23 @@ fn upstream_is_dropped_once_it_ends() {
 }
 
 #[test]
+fn upstream_is_dropped_by_the_batch_that_sees_its_end() {
+    // A batch that stops on `None` drops the upstream at once, before the
+    // poller has read the rest of the batch.
+    let (upstream, dropped) = DropFlag::new(stream::iter(0..3));
+    let (upstream, counts) = CountingPolls::new(upstream);
+    let (mut fast, slow) = upstream.tee(4);
+    assert_eq!(poll_once(&mut fast), Poll::Ready(Some(0)));
+    assert_eq!(counts.polls(), 4, "3 items and the end");
+    assert!(dropped.load(Ordering::SeqCst));
+    assert!(fast.stats().upstream_done);
+    assert_eq!((fast.lag(), slow.lag()), (2, 3));
+    assert_eq!(block_on((&mut fast).collect::<Vec<_>>()), [1, 2]);
+    assert_eq!(block_on(slow.collect::<Vec<_>>()), [0, 1, 2]);
+    assert_eq!(counts.polls(), 4);
+}
+
+#[test]
 fn dropping_all_branches_closes_a_pending_channel_upstream() {
     let (tx, rx) = mpsc::unbounded::<u32>();
     let (mut a, mut b) = rx.tee(2);
@@ -319,11 +344,20 @@ fn large_lag_does_not_grow_memory() {
     assert_eq!(tracker.live(), 32);
     assert_eq!(stalled.lag(), 32);
     drop(stalled);
-    // Once detached, the fast branch runs freely and alone: no clones.
+    // Once detached, the fast branch runs freely and alone: no clones. It
+    // pulls batches of 32 (the room, and the most one poll pulls), and so
+    // at most 31 items are buffered for it: each stored once.
     let clones_before = tracker.clones();
     for _ in 0..1_000 {
         assert!(matches!(poll_once(&mut fast), Poll::Ready(Some(_))));
+        assert!(tracker.live() <= 31);
+        assert_eq!(tracker.live(), fast.lag());
     }
     assert_eq!(tracker.clones(), clones_before);
+    // 1,000 items read take 32 batches of 32: 24 are left for `fast`.
+    assert_eq!(counts.yielded(), 32 + 32 * 32);
+    assert_eq!(fast.lag(), 24);
+    assert_eq!(tracker.live(), 24);
+    drop(fast);
     assert_eq!(tracker.live(), 0);
 }

@@ -9,7 +9,8 @@
 //! and wakes its waker when something changes, like a channel.
 //!
 //! The model keeps one position per branch and the count of items pulled from
-//! the upstream, and applies the capacity rule directly. After every step the
+//! the upstream, and applies the capacity rule directly: a branch that polls
+//! the upstream pulls every offered item the room allows, in one batch. After every step the
 //! test checks that:
 //! - every poll returns what the model returns: the same item, the same
 //!   report of missed items, `Pending`, or the end;
@@ -191,6 +192,11 @@ impl Handle {
     }
 }
 
+/// The most items one poll of a branch pulls from the upstream (documented
+/// on `fanout`). It never binds at the capacities tried here, which are
+/// smaller.
+const MAX_BATCH: u64 = 32;
+
 /// The reference: positions and the capacity rule, nothing else.
 struct Model {
     cap: u64,
@@ -199,7 +205,7 @@ struct Model {
     /// Items the fanout took from the upstream.
     pulled: u64,
     closed: bool,
-    /// Some branch saw the end of the upstream.
+    /// The upstream returned `None`.
     ended: bool,
     /// Each live branch, in the order of `handles`.
     branches: Vec<ModelBranch>,
@@ -261,7 +267,15 @@ impl Model {
             }
         }
         if self.pulled < self.offered {
-            self.pulled += 1;
+            // One poll pulls a batch: as many offered items as the room
+            // allows. If fewer were offered, the upstream is polled once
+            // more in the same batch, and ends there if it is closed.
+            let limit = (self.cap - self.buffered()).min(MAX_BATCH);
+            let batch = limit.min(self.offered - self.pulled);
+            if batch < limit && self.closed {
+                self.ended = true;
+            }
+            self.pulled += batch;
             self.branches[index].position += 1;
             return Poll::Ready(Some(Yield::Item(branch.position)));
         }

@@ -1,7 +1,11 @@
 //! A panic in the upstream's `poll_next` propagates to the branch that polled
-//! it. The other branches still get every item the upstream yielded before,
-//! then panic with a message that says the upstream panicked; none of them
-//! hangs, the waiting ones are woken, and the upstream is never polled again.
+//! it, if it came in the first poll of that branch's batch; if it came after
+//! the upstream yielded items in the same batch, the poller gets its first
+//! item, and the panic (the same payload) reaches the first branch that
+//! reads past the items of the batch. The other branches still get every
+//! item the upstream yielded before, then panic with a message that says the
+//! upstream panicked; none of them hangs, the waiting ones are woken, and
+//! the upstream is never polled again.
 
 mod support;
 
@@ -102,6 +106,12 @@ fn branches<T, const N: usize>(v: Vec<T>) -> [T; N] {
 /// The whole story on one thread: the poller gets the upstream's own panic,
 /// every other branch reads all three items, then panics with the fanout's
 /// message, and the upstream is never polled again.
+///
+/// A's first poll pulls a batch: items 0 to 2, then the poll that panics
+/// (the buffer has room for four). That panic comes after the batch's first
+/// item, so it is held: A gets item 0, and the upstream is already dropped.
+/// A reads items 1 and 2 from the buffer, and its next poll, the first to
+/// read past them, gets the upstream's own panic.
 #[test]
 fn the_poller_gets_the_upstream_panic_and_the_others_drain_then_panic() {
     let tracker = Tracker::new();
@@ -109,21 +119,27 @@ fn the_poller_gets_the_upstream_panic_and_the_others_drain_then_panic() {
     let [mut a, mut b, mut c] = branches(upstream.fanout(3, 4));
     let (mut ta, mut tb, mut tc) = (spawn(()), spawn(()), spawn(()));
 
-    for value in 0..3 {
+    assert_eq!(try_next_value(&mut ta, &mut a), Ok(Poll::Ready(Some(0))));
+    assert_eq!(
+        counts.polls(),
+        4,
+        "A's first poll pulls items 0 to 2 and meets the panic"
+    );
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the panicked upstream is dropped"
+    );
+    assert_eq!((a.lag(), b.lag(), c.lag()), (2, 3, 3));
+    for value in 1..3 {
         assert_eq!(
             try_next_value(&mut ta, &mut a),
             Ok(Poll::Ready(Some(value)))
         );
     }
-    assert_eq!(counts.polls(), 3);
     let err =
         try_next_value(&mut ta, &mut a).expect_err("the upstream's panic must reach its poller");
     assert_eq!(err, BOOM, "the poller must get the upstream's own panic");
     assert_eq!(counts.polls(), 4);
-    assert!(
-        dropped.load(Ordering::SeqCst),
-        "the panicked upstream is dropped"
-    );
 
     for (task, branch) in [(&mut tb, &mut b), (&mut tc, &mut c)] {
         for value in 0..3 {
@@ -148,6 +164,51 @@ fn the_poller_gets_the_upstream_panic_and_the_others_drain_then_panic() {
     assert_eq!(
         counts.polls(),
         4,
+        "the upstream was polled after it panicked"
+    );
+    drop((a, b, c));
+    assert_eq!(tracker.live(), 0);
+}
+
+/// A panic in a later poll of a batch is held until a branch reads past the
+/// batch's items, and that branch need not be the poller: here B reads past
+/// them first and gets the upstream's own panic (the same payload); A and C,
+/// reading past them later, get the fanout's message.
+#[test]
+fn a_panic_after_a_batchs_first_item_reaches_the_first_branch_to_read_past_the_batch() {
+    let tracker = Tracker::new();
+    let (upstream, counts, dropped) = panicking_upstream(&tracker, 2);
+    let [mut a, mut b, mut c] = branches(upstream.fanout(3, 4));
+    let (mut ta, mut tb, mut tc) = (spawn(()), spawn(()), spawn(()));
+
+    assert_eq!(try_next_value(&mut ta, &mut a), Ok(Poll::Ready(Some(0))));
+    assert_eq!(counts.polls(), 3, "items 0 and 1, then the panic");
+    assert!(dropped.load(Ordering::SeqCst));
+    assert_eq!(tracker.live(), 2, "items 0 and 1 are buffered");
+
+    for value in 0..2 {
+        assert_eq!(
+            try_next_value(&mut tb, &mut b),
+            Ok(Poll::Ready(Some(value)))
+        );
+    }
+    let err = try_next_value(&mut tb, &mut b)
+        .expect_err("the first branch past the batch gets the held panic");
+    assert_eq!(err, BOOM, "the held panic is the upstream's own");
+
+    assert_eq!(try_next_value(&mut ta, &mut a), Ok(Poll::Ready(Some(1))));
+    assert_fanout_message(&try_next_value(&mut ta, &mut a).unwrap_err());
+    for value in 0..2 {
+        assert_eq!(
+            try_next_value(&mut tc, &mut c),
+            Ok(Poll::Ready(Some(value)))
+        );
+    }
+    assert_fanout_message(&try_next_value(&mut tc, &mut c).unwrap_err());
+    assert_fanout_message(&try_next_value(&mut tb, &mut b).unwrap_err());
+    assert_eq!(
+        counts.polls(),
+        3,
         "the upstream was polled after it panicked"
     );
     drop((a, b, c));
@@ -269,6 +330,30 @@ fn gated() -> (
     (upstream, steps_tx, events_rx)
 }
 
+/// Waits until the gated upstream has entered a `poll_next`.
+fn expect_entered(events: &std_mpsc::Receiver<&'static str>) {
+    assert_eq!(events.recv_timeout(HANG_GUARD), Ok("entered"));
+}
+
+/// Polls `branch` on another thread; the gated upstream returns `Pending`,
+/// so that the branch waits on it.
+fn wait_on_a_pending_upstream<S: Stream + Unpin + Send>(
+    task: &mut Spawn<()>,
+    branch: &mut S,
+    steps: &std_mpsc::Sender<Step>,
+    events: &std_mpsc::Receiver<&'static str>,
+) where
+    S::Item: Send + std::fmt::Debug,
+{
+    let polled = thread::scope(|scope| {
+        let poller = scope.spawn(|| try_poll(task, branch));
+        expect_entered(events);
+        steps.send(Step::Return(Poll::Pending)).unwrap();
+        poller.join().expect("try_poll catches panics")
+    });
+    assert_pending!(polled.unwrap());
+}
+
 /// B polls while A, on another thread, is inside the upstream's
 /// `poll_next`; D waits on the upstream since an earlier `Pending`. The
 /// upstream panics: A's thread gets the panic, B and D are woken, and each
@@ -278,18 +363,9 @@ fn branches_waiting_on_the_upstream_are_woken_when_it_panics() {
     let (upstream, steps, events) = gated();
     let [mut a, mut b, mut d] = branches(upstream.fanout(3, 4));
     let (mut tb, mut td) = (spawn(()), spawn(()));
-    let expect_entered = || {
-        assert_eq!(events.recv_timeout(HANG_GUARD), Ok("entered"));
-    };
+    let expect_entered = || expect_entered(&events);
 
-    // D polls the upstream, which returns `Pending`: D waits on it.
-    let from_d = thread::scope(|scope| {
-        let poller = scope.spawn(|| try_poll(&mut td, &mut d));
-        expect_entered();
-        steps.send(Step::Return(Poll::Pending)).unwrap();
-        poller.join().expect("try_poll catches panics")
-    });
-    assert_pending!(from_d.unwrap());
+    wait_on_a_pending_upstream(&mut td, &mut d, &steps, &events);
 
     // A polls on another thread; B parks while A is inside the upstream.
     let from_a = thread::scope(|scope| {
@@ -315,6 +391,57 @@ fn branches_waiting_on_the_upstream_are_woken_when_it_panics() {
     );
     assert_fanout_message(&try_poll(&mut tb, &mut b).unwrap_err());
     assert_fanout_message(&try_poll(&mut td, &mut d).unwrap_err());
+    assert!(
+        events.try_recv().is_err(),
+        "the upstream was polled after it panicked"
+    );
+}
+
+/// As above, but the upstream yields an item before it panics, in the same
+/// poll of A (a batch): A gets the item, not the panic, and B, parked during
+/// A's poll, and D, waiting since an earlier `Pending`, are woken. Each
+/// reads the item; B, the first to read past it, gets the upstream's own
+/// panic, and D the fanout's message.
+#[test]
+fn branches_waiting_on_the_upstream_are_woken_when_it_panics_after_an_item() {
+    let (upstream, steps, events) = gated();
+    let [mut a, mut b, mut d] = branches(upstream.fanout(3, 4));
+    let (mut ta, mut tb, mut td) = (spawn(()), spawn(()), spawn(()));
+    let expect_entered = || expect_entered(&events);
+
+    wait_on_a_pending_upstream(&mut td, &mut d, &steps, &events);
+
+    let from_a = thread::scope(|scope| {
+        let poller = scope.spawn(|| try_poll(&mut ta, &mut a));
+        expect_entered();
+        assert_pending!(try_poll(&mut tb, &mut b).unwrap());
+        steps.send(Step::Return(Poll::Ready(Some(7)))).unwrap();
+        // The batch goes on: A polls the upstream again, and it panics.
+        expect_entered();
+        assert!(!tb.is_woken() && !td.is_woken(), "nothing is pushed yet");
+        steps.send(Step::Panic).unwrap();
+        poller.join().expect("try_poll catches panics")
+    });
+    assert_eq!(
+        from_a,
+        Ok(Poll::Ready(Some(7))),
+        "the panic came after the batch's first item: A gets the item"
+    );
+    assert!(
+        tb.is_woken(),
+        "B was parked during A's poll, and was not woken"
+    );
+    assert!(td.is_woken(), "D waited on the upstream, and was not woken");
+
+    assert_eq!(try_poll(&mut tb, &mut b), Ok(Poll::Ready(Some(7))));
+    assert_eq!(
+        try_poll(&mut tb, &mut b).unwrap_err(),
+        BOOM,
+        "B is the first branch to read past the batch"
+    );
+    assert_eq!(try_poll(&mut td, &mut d), Ok(Poll::Ready(Some(7))));
+    assert_fanout_message(&try_poll(&mut td, &mut d).unwrap_err());
+    assert_fanout_message(&try_poll(&mut ta, &mut a).unwrap_err());
     assert!(
         events.try_recv().is_err(),
         "the upstream was polled after it panicked"

@@ -14,6 +14,7 @@
 
 mod support;
 
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -526,24 +527,28 @@ fn a_waker_woken_by_the_upstream_drops_the_last_other_branch() {
 
 /// An upstream that wakes the waker it is polled with from inside
 /// `poll_next`: poll 1 returns `Pending`; poll 2 wakes, then yields item 0;
-/// poll 3 wakes, then returns `Pending` (a cooperative yield); poll 4
-/// yields item 1; then it ends.
+/// poll 3 returns `Pending` without waking; poll 4 wakes, then returns
+/// `Pending` (a cooperative yield); poll 5 yields item 1; then it ends.
+///
+/// A branch that polls the upstream polls it again while it yields items
+/// (a batch): poll 3 ends the batch of poll 2, so that the cooperative yield
+/// of poll 4 comes alone, in a poll of its own.
 fn self_waking_upstream(tracker: &Arc<Tracker>) -> impl Stream<Item = Tracked> + Send + Unpin {
     let tracker = Arc::clone(tracker);
     let mut polls = 0;
     stream::poll_fn(move |cx: &mut Context<'_>| {
         polls += 1;
         match polls {
-            1 => Poll::Pending,
+            1 | 3 => Poll::Pending,
             2 => {
                 cx.waker().wake_by_ref();
                 Poll::Ready(Some(tracker.item(0)))
             }
-            3 => {
+            4 => {
                 cx.waker().wake_by_ref();
                 Poll::Pending
             }
-            4 => Poll::Ready(Some(tracker.item(1))),
+            5 => Poll::Ready(Some(tracker.item(1))),
             _ => Poll::Ready(None),
         }
     })
@@ -552,8 +557,9 @@ fn self_waking_upstream(tracker: &Arc<Tracker>) -> impl Stream<Item = Tracked> +
 /// The upstream wakes the fanout's waker synchronously from inside A's
 /// poll; that wakes B's waker, which polls B and C while A is still inside
 /// the upstream: both must wait, not deadlock, and be woken by the item A
-/// then pushes. Later the upstream's self-wake during A's poll runs A's own
-/// waker, which polls C, which polls the upstream again.
+/// then pushes (A's batch ends on poll 3, which does not wake). Later the
+/// upstream's self-wake during A's poll runs A's own waker, which polls C,
+/// which polls the upstream again (polls 5 and 6: item 1 and the end).
 #[test]
 fn an_upstream_that_wakes_itself_runs_wakers_that_poll_branches() {
     hang_guard(|| {
@@ -576,8 +582,8 @@ fn an_upstream_that_wakes_itself_runs_wakers_that_poll_branches() {
         assert_pending!(poll_shared(&b, &b_waker));
         drop(b_waker);
 
-        // Poll 2, by A: the upstream's wake-up runs B's waker, inside A's
-        // poll of the upstream.
+        // Polls 2 and 3, by A: the upstream's wake-up runs B's waker, inside
+        // A's poll of the upstream.
         let mut ta = spawn(());
         assert_eq!(value(poll(&mut ta, &mut a)), Poll::Ready(Some(0)));
         assert_eq!(
@@ -590,8 +596,8 @@ fn an_upstream_that_wakes_itself_runs_wakers_that_poll_branches() {
         assert_eq!(poll_shared(&b, noop_waker_ref()), Poll::Ready(Some(0)));
         assert_eq!(poll_shared(&c, noop_waker_ref()), Poll::Ready(Some(0)));
 
-        // Poll 3, by A: a cooperative yield wakes A's own waker, which polls
-        // C; C polls the upstream (poll 4) and gets item 1.
+        // Poll 4, by A: a cooperative yield wakes A's own waker, which polls
+        // C; C polls the upstream (polls 5 and 6) and gets item 1.
         let c_got = seen();
         let a_waker = CallbackWaker::on_wake({
             let (c, c_got) = (Arc::clone(&c), Arc::clone(&c_got));
@@ -619,16 +625,62 @@ fn an_upstream_that_wakes_itself_runs_wakers_that_poll_branches() {
 // An upstream whose `poll_next` polls and drops branches of its own fanout.
 // ---------------------------------------------------------------------------
 
+/// Wraps a stream, and after each of its first `items` items returns
+/// `Pending` once, without polling it or waking; then it passes every poll
+/// through.
+///
+/// A branch that polls the upstream polls it again while it yields items (a
+/// batch): the `Pending` ends the batch after one item, so that each of the
+/// first `items` polls of the upstream by a branch pulls one item, and polls
+/// the wrapped stream once. The `Pending` never comes first in a branch's
+/// poll, so no branch waits for it.
+struct OneItemPerPoll<S> {
+    inner: S,
+    items: usize,
+    owe_pending: bool,
+}
+
+impl<S> OneItemPerPoll<S> {
+    fn new(inner: S, items: usize) -> Self {
+        Self {
+            inner,
+            items,
+            owe_pending: false,
+        }
+    }
+}
+
+impl<S: Stream + Unpin> Stream for OneItemPerPoll<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        if std::mem::take(&mut self.owe_pending) {
+            return Poll::Pending;
+        }
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        if matches!(polled, Poll::Ready(Some(_))) && self.items > 0 {
+            self.items -= 1;
+            self.owe_pending = true;
+        }
+        polled
+    }
+}
+
 /// The upstream polls B from inside A's poll of it: the first time B finds
 /// nothing buffered and the upstream busy, and must wait (not deadlock, not
 /// poll the upstream re-entrantly); the item A pushes wakes it. The second
 /// time B reads a buffered item, and the upstream drops C, the last reader
 /// of that item, which frees it.
+///
+/// Each of A's two polls pulls one item ([`OneItemPerPoll`]), and runs the
+/// hook once: without that, A's first poll would pull items 0 to 3 in one
+/// batch, and its second would read item 1 from the buffer.
 #[test]
 fn an_upstream_that_polls_and_drops_branches_of_its_own_fanout() {
     hang_guard(|| {
         let tracker = Tracker::new();
         let (upstream, hook) = Hooked::new(tracker.stream(5));
+        let upstream = OneItemPerPoll::new(upstream, 2);
         let [mut a, b, c] = three(upstream.fanout(3, 4));
         let (b, c) = (share(b), share(c));
         let b_flag = WakeFlag::new();

@@ -16,9 +16,10 @@ use std::task::Poll;
 use std::thread::sleep;
 use std::time::Duration;
 
-use fanout::{Branch, Stats};
+use fanout::{Branch, Stats, StreamExt as _};
+use futures::channel::mpsc;
 
-use support::{counted, entry, poll_once, PollCounts};
+use support::{counted, entry, poll_once, CountingPolls, PollCounts};
 
 /// The ids of the entries, in their order.
 fn ids(stats: &Stats) -> Vec<usize> {
@@ -47,6 +48,47 @@ where
     assert_eq!(poll_once(branch), Poll::Ready(Some(expected)));
 }
 
+/// The most items one poll of a branch pulls from the upstream (the
+/// documented batch limit).
+const MAX_BATCH: usize = 32;
+
+/// The upstream of [`fed`]: a channel, counting its polls.
+type FedUpstream = CountingPolls<mpsc::UnboundedReceiver<u64>>;
+
+/// Feeds the channel of [`fed`] with `0, 1, 2, ...`, only as far as a read
+/// needs.
+struct Feeder {
+    tx: mpsc::UnboundedSender<u64>,
+    sent: u64,
+}
+
+impl Feeder {
+    /// Sends the items up to `expected` that are not sent yet, then polls
+    /// `branch` once and expects `expected`. A read of a buffered item sends
+    /// nothing; a read at the end of the buffer sends exactly its item, so
+    /// the batch the poll pulls is that one item, ended by the channel's
+    /// `Pending`.
+    fn read(&mut self, branch: &mut Branch<FedUpstream>, expected: u64) {
+        while self.sent <= expected {
+            self.tx.unbounded_send(self.sent).unwrap();
+            self.sent += 1;
+        }
+        read(branch, expected);
+    }
+}
+
+/// `n` branches of capacity `cap` over a channel that the test feeds one
+/// item at a time through the [`Feeder`], so that each read at the end of the
+/// buffer pulls one item and the buffer fills step by step. The tests of
+/// stalls need those steps: over an upstream that is always ready, like
+/// [`counted`]'s, the first poll pulls a whole batch, as many items as the
+/// buffer has room for, and the buffer is full at once.
+fn fed(n: usize, cap: usize) -> (Vec<Branch<FedUpstream>>, Feeder, PollCounts) {
+    let (tx, rx) = mpsc::unbounded();
+    let (upstream, counts) = CountingPolls::new(rx);
+    (upstream.fanout(n, cap), Feeder { tx, sent: 0 }, counts)
+}
+
 // ---------------------------------------------------------------------------
 // Counters
 
@@ -59,8 +101,12 @@ struct Expected {
     read: Vec<u64>,
     /// Items taken from the upstream.
     pulled: u64,
+    /// Calls to the upstream's `poll_next`, the one that returned `None`
+    /// included.
+    polls: usize,
     high_water: usize,
-    /// Some branch has seen the end of the upstream.
+    /// The upstream has returned `None`: possibly in the batch of a poll
+    /// that yielded an item, with items still buffered.
     done: bool,
 }
 
@@ -71,6 +117,7 @@ impl Expected {
             len,
             read: vec![0; n],
             pulled: 0,
+            polls: 0,
             high_water: 0,
             done: false,
         }
@@ -95,12 +142,22 @@ impl Expected {
         if self.buffered() == self.cap {
             return Poll::Pending;
         }
-        if self.pulled == self.len {
+        // The poll pulls a batch: as many items as the buffer has room for
+        // (at most `MAX_BATCH`) and the upstream has left. A batch cut short
+        // by the end also polled the `None`: the end is recorded at once.
+        let limit = (self.cap - self.buffered()).min(MAX_BATCH);
+        let batch = limit.min((self.len - self.pulled) as usize);
+        self.polls += batch;
+        if batch < limit {
+            self.polls += 1;
             self.done = true;
+        }
+        if batch == 0 {
             return Poll::Ready(None);
         }
-        self.pulled += 1;
+        self.pulled += batch as u64;
         self.high_water = self.high_water.max(self.buffered());
+        // The poller reads the first item of its batch at once.
         self.read[i] += 1;
         Poll::Ready(Some(position))
     }
@@ -110,6 +167,7 @@ impl Expected {
         assert_eq!(stats.capacity, self.cap, "{step}: capacity");
         assert_eq!(stats.pulled, self.pulled, "{step}: pulled");
         assert_eq!(counts.yielded() as u64, self.pulled, "{step}: upstream");
+        assert_eq!(counts.polls(), self.polls, "{step}: upstream polls");
         assert_eq!(stats.buffered, self.buffered(), "{step}: buffered");
         assert_eq!(stats.high_water, self.high_water, "{step}: high_water");
         assert_eq!(stats.upstream_done, self.done, "{step}: upstream_done");
@@ -134,14 +192,17 @@ fn counters_are_exact_after_every_step_of_a_scripted_schedule() {
             let step = format!("n={n} cap={cap} start");
             expected.check(&branches[0].stats(), &counts, &step);
 
-            // Branch 0 fills the buffer, one item at a time, then waits.
+            // Branch 0's first poll pulls a batch as large as the room, `cap`
+            // items, which fills the buffer at once; it reads the rest of
+            // the batch from the buffer, polling nothing more, then waits.
             for i in 0..cap {
                 assert_eq!(expected.poll(0), Poll::Ready(Some(i as u64)));
                 read(&mut branches[0], i as u64);
                 let step = format!("n={n} cap={cap} fill {i}");
                 expected.check(&branches[0].stats(), &counts, &step);
-                assert_eq!(branches[0].stats().buffered, i + 1);
-                assert_eq!(branches[0].stats().high_water, i + 1);
+                assert_eq!(branches[0].stats().buffered, cap);
+                assert_eq!(branches[0].stats().high_water, cap);
+                assert_eq!(counts.polls(), cap, "one batch of `cap` items");
             }
             assert_eq!(expected.poll(0), Poll::Pending);
             assert_eq!(poll_once(&mut branches[0]), Poll::Pending);
@@ -183,25 +244,53 @@ fn counters_are_exact_after_every_step_of_a_scripted_schedule() {
 }
 
 #[test]
-fn upstream_done_turns_true_when_a_branch_sees_the_end_not_before() {
-    let (branches, counts) = counted(3, 2, 4);
-    let [mut a, b]: [_; 2] = branches.try_into().unwrap();
+fn upstream_done_turns_true_when_the_upstream_returns_none_not_before() {
+    // A batch that stops because it fills the room: every item is pulled,
+    // but the upstream has not said it ended yet.
+    let (branches, counts) = counted(3, 2, 3);
+    let [mut a, mut b]: [_; 2] = branches.try_into().unwrap();
     assert!(!a.stats().upstream_done);
-    for i in 0..3 {
-        read(&mut a, i);
-    }
-    // Every item is pulled, but the upstream has not said it ended yet.
+    read(&mut a, 0);
     let stats = b.stats();
     assert_eq!((stats.pulled, stats.buffered), (3, 3));
     assert!(!stats.upstream_done);
     assert_eq!(counts.polls(), 3);
+    read(&mut a, 1);
+    read(&mut a, 2);
+    // A full buffer waits, and polls nothing, even though the upstream has
+    // nothing left: the branch cannot know before it polls.
+    assert_eq!(poll_once(&mut a), Poll::Pending);
+    assert!(!b.stats().upstream_done);
+    assert_eq!(counts.polls(), 3);
 
+    // `b` frees a slot: `a` polls the upstream, which returns `None`.
+    read(&mut b, 0);
+    assert!(!b.stats().upstream_done);
     assert_eq!(poll_once(&mut a), Poll::Ready(None));
     assert_eq!(counts.polls(), 4);
     let stats = b.stats();
     assert!(stats.upstream_done);
+    assert_eq!((stats.pulled, stats.buffered), (3, 2));
+    assert_eq!(entry(&stats, b.id()).lag, 2);
+
+    // A batch cut short by the end: the poll that pulls the items also gets
+    // the `None`, and the upstream is done at once, while every item is
+    // still buffered, two of them unread even by the poller.
+    let (branches, counts) = counted(3, 2, 4);
+    let [mut a, b]: [_; 2] = branches.try_into().unwrap();
+    read(&mut a, 0);
+    assert_eq!(counts.polls(), 4);
+    let stats = b.stats();
+    assert!(stats.upstream_done);
     assert_eq!((stats.pulled, stats.buffered), (3, 3));
+    assert_eq!(entry(&stats, a.id()).lag, 2);
     assert_eq!(entry(&stats, b.id()).lag, 3);
+    // `a` reads the rest, then the end, without another poll.
+    read(&mut a, 1);
+    read(&mut a, 2);
+    assert_eq!(poll_once(&mut a), Poll::Ready(None));
+    assert_eq!(counts.polls(), 4);
+    assert_eq!(entry(&b.stats(), b.id()).lag, 3);
 
     // An empty upstream: done after the first poll, nothing pulled.
     let (branches, _) = counted(0, 2, 4);
@@ -211,6 +300,72 @@ fn upstream_done_turns_true_when_a_branch_sees_the_end_not_before() {
     let stats = b.stats();
     assert!(stats.upstream_done);
     assert_eq!((stats.pulled, stats.buffered, stats.high_water), (0, 0, 0));
+}
+
+/// A batch is counted whole as soon as it is pulled, whether it ends on
+/// `Pending` or on `None`: `pulled`, `buffered` and `high_water` jump by the
+/// batch, the poller has read only its first item, and the end is recorded
+/// with the batch.
+#[test]
+fn a_batch_is_counted_whole_whether_it_ends_on_pending_or_on_none() {
+    let (branches, feeder, counts) = fed(2, 8);
+    let [mut a, mut b]: [_; 2] = branches.try_into().unwrap();
+    let tx = feeder.tx;
+    for i in 0..3 {
+        tx.unbounded_send(i).unwrap();
+    }
+
+    // Three items, then `Pending`: a batch of 3 in a room of 8.
+    read(&mut a, 0);
+    assert_eq!(counts.polls(), 4, "3 items and the Pending");
+    let stats = b.stats();
+    assert_eq!((stats.pulled, stats.buffered, stats.high_water), (3, 3, 3));
+    assert!(!stats.upstream_done);
+    assert_eq!(
+        (entry(&stats, a.id()).lag, entry(&stats, a.id()).delivered),
+        (2, 1)
+    );
+    assert_eq!(entry(&stats, b.id()).lag, 3);
+
+    // The rest of the batch comes from the buffer; then the channel is
+    // empty, and `a` waits for it.
+    read(&mut a, 1);
+    read(&mut a, 2);
+    assert_eq!(counts.polls(), 4);
+    assert_eq!(poll_once(&mut a), Poll::Pending);
+    assert_eq!(counts.polls(), 5);
+    let stats = b.stats();
+    assert_eq!(
+        (stats.pulled, stats.buffered, stats.upstream_done),
+        (3, 3, false)
+    );
+
+    // Two items, then `None`: a batch of 2, and the end, in one poll.
+    tx.unbounded_send(3).unwrap();
+    tx.unbounded_send(4).unwrap();
+    drop(tx);
+    read(&mut a, 3);
+    assert_eq!(counts.polls(), 8, "2 items and the None");
+    let stats = b.stats();
+    assert_eq!((stats.pulled, stats.buffered, stats.high_water), (5, 5, 5));
+    assert!(stats.upstream_done, "the end is recorded with the batch");
+    assert_eq!(
+        (entry(&stats, a.id()).lag, entry(&stats, a.id()).delivered),
+        (1, 4)
+    );
+    assert_eq!(entry(&stats, b.id()).lag, 5);
+
+    // Both read the rest and the end without polling again.
+    read(&mut a, 4);
+    assert_eq!(poll_once(&mut a), Poll::Ready(None));
+    for i in 0..5 {
+        read(&mut b, i);
+    }
+    assert_eq!(poll_once(&mut b), Poll::Ready(None));
+    assert_eq!(counts.polls(), 8);
+    let stats = b.stats();
+    assert_eq!((stats.pulled, stats.buffered, stats.high_water), (5, 0, 5));
+    assert!(stats.branches.iter().all(|branch| branch.delivered == 5));
 }
 
 #[test]
@@ -258,10 +413,13 @@ fn one_entry_per_live_branch_sorted_by_id_with_fresh_ids_for_clones() {
     assert_eq!(entry(&stats, 3).delivered, 0, "a clone starts afresh");
     assert_eq!(entry(&stats, 0).delivered, 1);
 
+    // b0's read pulled a batch of 4 (the buffer's room), none of which b2
+    // has read: its clone starts with the same lag.
     let c4 = b2.clone();
     assert_eq!(c4.id(), 4);
     assert_eq!(ids(&c4.stats()), [0, 2, 3, 4]);
-    assert_eq!(entry(&c4.stats(), 4).lag, 1);
+    assert_eq!(entry(&c4.stats(), 4).lag, 4);
+    assert_eq!(entry(&c4.stats(), 2).lag, 4);
 
     drop(b0);
     let c5 = c4.clone();
@@ -312,13 +470,16 @@ fn ids_are_unique_and_never_reused_after_drops_and_clones() {
 
 #[test]
 fn every_branch_takes_the_same_snapshot() {
-    let (branches, _) = counted(10, 3, 4);
+    // Fed one item at a time: over an always-ready upstream, `a`'s first
+    // read would fill the buffer with a batch.
+    let (branches, mut feeder, _) = fed(3, 4);
     let [mut a, mut b, c]: [_; 3] = branches.try_into().unwrap();
-    read(&mut a, 0);
-    read(&mut a, 1);
-    read(&mut b, 0);
+    feeder.read(&mut a, 0);
+    feeder.read(&mut a, 1);
+    feeder.read(&mut b, 0);
     // Not full: no stall in progress, so snapshots do not depend on time.
     let snapshot = a.stats();
+    assert_eq!((snapshot.buffered, snapshot.pulled), (2, 2));
     assert_eq!(b.stats(), snapshot);
     assert_eq!(c.stats(), snapshot);
     assert_eq!(snapshot.clone(), snapshot);
@@ -409,20 +570,22 @@ fn slowest_agrees_with_the_lags_on_random_schedules() {
 #[test]
 fn only_the_branch_that_holds_a_full_buffer_stalls() {
     for cap in 2..=4 {
-        let (branches, _) = counted(100, 2, cap);
+        // Fed one item at a time, so that the buffer is seen not full yet.
+        let (branches, mut feeder, _) = fed(2, cap);
         let [mut fast, mut slow]: [_; 2] = branches.try_into().unwrap();
         let (f, s) = (fast.id(), slow.id());
         assert_eq!(stalled(&fast, s), Duration::ZERO);
 
         // Not full yet: nobody stalls, however long it takes.
         for i in 0..cap as u64 - 1 {
-            read(&mut fast, i);
+            feeder.read(&mut fast, i);
         }
+        assert_eq!(fast.stats().buffered, cap - 1);
         pause();
         assert_eq!(stalled(&fast, s), Duration::ZERO, "cap {cap}: not full");
 
         // Full: the slow branch, at the oldest position, holds it.
-        read(&mut fast, cap as u64 - 1);
+        feeder.read(&mut fast, cap as u64 - 1);
         assert_eq!(poll_once(&mut fast), Poll::Pending);
         pause();
         let first = fast.stats();
@@ -443,7 +606,7 @@ fn only_the_branch_that_holds_a_full_buffer_stalls() {
         assert_eq!(entry(&second, f).stalled_upstream, Duration::ZERO);
 
         // The slow branch frees a slot: its stall ends and stays put.
-        read(&mut slow, 0);
+        feeder.read(&mut slow, 0);
         let ended = stalled(&fast, s);
         assert!(ended >= entry(&second, s).stalled_upstream);
         pause();
@@ -453,10 +616,10 @@ fn only_the_branch_that_holds_a_full_buffer_stalls() {
         // The slow branch catches up and overtakes until the buffer is full
         // again: now the formerly fast branch holds it.
         for i in 1..=cap as u64 {
-            read(&mut slow, i);
+            feeder.read(&mut slow, i);
         }
         for i in cap as u64 + 1..2 * cap as u64 {
-            read(&mut slow, i);
+            feeder.read(&mut slow, i);
         }
         assert_eq!(slow.stats().buffered, cap);
         assert_eq!(poll_once(&mut slow), Poll::Pending);
@@ -493,14 +656,16 @@ fn the_branch_that_fills_a_capacity_one_buffer_does_not_stall() {
 #[test]
 fn a_branch_never_at_the_oldest_position_of_a_full_buffer_never_stalls() {
     for cap in 2..=4 {
-        let (branches, _) = counted(100, 3, cap);
+        // Fed one item at a time: over an always-ready upstream, `fast`'s
+        // first read would fill the buffer with `middle` still at 0.
+        let (branches, mut feeder, _) = fed(3, cap);
         let [mut fast, mut middle, mut slow]: [_; 3] = branches.try_into().unwrap();
         let (f, m, s) = (fast.id(), middle.id(), slow.id());
         // `middle` leaves position 0 before the buffer is full.
-        read(&mut fast, 0);
-        read(&mut middle, 0);
+        feeder.read(&mut fast, 0);
+        feeder.read(&mut middle, 0);
         for i in 1..cap as u64 {
-            read(&mut fast, i);
+            feeder.read(&mut fast, i);
         }
         assert_eq!(poll_once(&mut fast), Poll::Pending);
         pause();
@@ -522,9 +687,9 @@ fn a_branch_never_at_the_oldest_position_of_a_full_buffer_never_stalls() {
 
         // `slow` frees the oldest slot, `fast` fills the buffer again: now
         // `middle` is at the oldest position, and stalls.
-        read(&mut slow, 0);
+        feeder.read(&mut slow, 0);
         let slow_total = stalled(&fast, s);
-        read(&mut fast, cap as u64);
+        feeder.read(&mut fast, cap as u64);
         assert_eq!(fast.stats().buffered, cap);
         pause();
         let stats = fast.stats();
@@ -619,17 +784,20 @@ fn a_stall_in_progress_grows_between_snapshots_and_is_kept_when_it_ends() {
 
 #[test]
 fn a_fork_stalls_from_the_fork_on_only_if_it_starts_at_the_oldest_position_of_a_full_buffer() {
-    let (branches, _) = counted(100, 2, 3);
+    // Fed one item at a time: over an always-ready upstream, `fast`'s first
+    // read would fill the buffer.
+    let (branches, mut feeder, _) = fed(2, 3);
     let [mut fast, mut slow]: [_; 2] = branches.try_into().unwrap();
-    read(&mut fast, 0);
+    feeder.read(&mut fast, 0);
     // Forked while the buffer is not full: no stall.
     let early = slow.clone();
     pause();
     assert_eq!(stalled(&fast, early.id()), Duration::ZERO);
     drop(early);
 
-    read(&mut fast, 1);
-    read(&mut fast, 2);
+    feeder.read(&mut fast, 1);
+    feeder.read(&mut fast, 2);
+    assert_eq!(fast.stats().buffered, 3);
     pause();
     // Forked at the oldest position of the full buffer: stalls from now on,
     // less than the original, whose stall began earlier.
@@ -647,7 +815,7 @@ fn a_fork_stalls_from_the_fork_on_only_if_it_starts_at_the_oldest_position_of_a_
     );
 
     // The original reads past; the fork still holds the slot and stalls on.
-    read(&mut slow, 0);
+    feeder.read(&mut slow, 0);
     let slow_total = stalled(&fast, slow.id());
     let fork_so_far = stalled(&fast, fork.id());
     pause();
@@ -708,15 +876,16 @@ fn the_table_has_a_row_per_branch_and_marks_the_slowest_when_it_lags() {
     );
     assert!(!text.contains("slowest"), "{text}");
 
+    // `a`'s first read pulls a batch of 4, the buffer's room.
     for i in 0..3 {
         read(&mut a, i);
     }
     read(&mut b, 0);
     let stats = a.stats();
     let text = stats.to_string();
-    assert!(text.contains("buffered 3/4"), "{text}");
-    assert!(text.contains("high water 3"), "{text}");
-    assert!(text.contains("pulled 3"), "{text}");
+    assert!(text.contains("buffered 4/4"), "{text}");
+    assert!(text.contains("high water 4"), "{text}");
+    assert!(text.contains("pulled 4"), "{text}");
     let rows = table_rows(&text);
     assert_eq!(
         rows.iter().map(|r| row_id(r)).collect::<Vec<_>>(),
@@ -753,13 +922,14 @@ fn the_table_has_a_row_per_branch_and_marks_the_slowest_when_it_lags() {
 fn branch_stats_display_names_the_branch_and_its_counters() {
     let (branches, _) = counted(20, 2, 4);
     let [mut a, b]: [_; 2] = branches.try_into().unwrap();
+    // `a`'s first read pulls a batch of 4, the buffer's room.
     for i in 0..3 {
         read(&mut a, i);
     }
     let stats = a.stats();
     let text = entry(&stats, b.id()).to_string();
     assert!(text.contains("branch 1"), "{text}");
-    assert!(text.contains("lag 3"), "{text}");
+    assert!(text.contains("lag 4"), "{text}");
     assert!(text.contains("delivered 0"), "{text}");
     assert!(!text.contains("lossy"), "{text}");
     assert!(!text.contains("missed"), "{text}");
@@ -767,7 +937,8 @@ fn branch_stats_display_names_the_branch_and_its_counters() {
     assert!(text.contains("branch 0"), "{text}");
     assert!(text.contains("delivered 3"), "{text}");
 
-    // A lossy branch says so, with what it missed.
+    // A lossy branch says so, with what it missed: `a` reads 3 from the
+    // buffer, then needs room for 4, and `b` gives up 0.
     let b = b.into_lossy();
     read(&mut a, 3);
     read(&mut a, 4);
@@ -791,9 +962,12 @@ fn branch_stats_display_names_the_branch_and_its_counters() {
 
 #[test]
 fn snapshots_clone_and_compare() {
-    let (branches, _) = counted(20, 2, 4);
+    // Fed one item at a time: over an always-ready upstream, `a`'s first
+    // read would fill the buffer, and `b`'s stall would make every snapshot
+    // differ.
+    let (branches, mut feeder, _) = fed(2, 4);
     let [mut a, b]: [_; 2] = branches.try_into().unwrap();
-    read(&mut a, 0);
+    feeder.read(&mut a, 0);
     let stats = a.stats();
     let copy = stats.clone();
     assert_eq!(copy, stats);
@@ -804,7 +978,7 @@ fn snapshots_clone_and_compare() {
     assert_eq!(b.stats(), stats);
 
     // One more item: a different snapshot.
-    read(&mut a, 1);
+    feeder.read(&mut a, 1);
     let later = b.stats();
     assert_ne!(later, stats);
     assert_ne!(later.branches, stats.branches);

@@ -500,8 +500,11 @@ fn yielding_upstream(
     (upstream, polls)
 }
 
-/// (f) One poll of the branch polls the upstream once, returns `Pending`, and
-/// the task is woken: no spinning.
+/// (f) No spinning: one poll of the branch polls the upstream a bounded
+/// number of times, at most once more than the items it pulled (a branch
+/// that polls the upstream polls it again while it yields items, and stops
+/// at the first `Pending`); a poll that returns `Pending` pulled nothing and
+/// polled the upstream exactly once, and the task is woken.
 #[test]
 fn an_upstream_that_yields_cooperatively_does_not_make_poll_next_spin() {
     // Yields on every poll but every fourth.
@@ -511,24 +514,34 @@ fn an_upstream_that_yields_cooperatively_does_not_make_poll_next_spin() {
 
     let mut got = Vec::new();
     for round in 0.. {
-        let before = polls.load(Ordering::SeqCst);
+        let (polls_before, pulled_before) = (polls.load(Ordering::SeqCst), a.stats().pulled);
         let polled = poll(&mut ta, &mut a);
-        let after = polls.load(Ordering::SeqCst);
-        assert_eq!(
-            after - before,
-            1,
-            "round {round}: one branch poll must poll the upstream exactly once"
+        let polls_made = polls.load(Ordering::SeqCst) - polls_before;
+        let pulled = usize::try_from(a.stats().pulled - pulled_before).unwrap();
+        assert!(
+            polls_made <= pulled + 1,
+            "round {round}: one branch poll polled the upstream {polls_made} times for {pulled} items"
         );
         match polled {
-            Poll::Pending => assert!(
-                ta.is_woken(),
-                "round {round}: the upstream woke itself, the task must be woken"
-            ),
+            Poll::Pending => {
+                assert_eq!(
+                    (polls_made, pulled),
+                    (1, 0),
+                    "round {round}: a branch poll that returns Pending polls the upstream once"
+                );
+                assert!(
+                    ta.is_woken(),
+                    "round {round}: the upstream woke itself, the task must be woken"
+                );
+            }
             Poll::Ready(Some(item)) => got.push(item),
             Poll::Ready(None) => break,
         }
     }
     assert_eq!(got, [0, 1, 2, 3, 4]);
+    // Polls 0 to 22 yield an item every fourth poll, each followed by a
+    // yield that ends its batch; poll 23 finds the end.
+    assert_eq!(polls.load(Ordering::SeqCst), 24);
 }
 
 /// (f) An upstream that always yields: each poll returns `Pending` promptly.
@@ -631,6 +644,16 @@ impl Gate {
         self.steps.send(step).expect("the gated upstream is gone");
     }
 
+    /// Answers the current `poll_next` with `item`, and the next one with
+    /// `Pending`: a branch that polls the upstream polls it again at once
+    /// while it yields items (a batch), and the `Pending` ends that batch, so
+    /// that the branch's poll pulls this one item.
+    fn yield_one(&self, item: u32) {
+        self.step(Step::Return(Poll::Ready(Some(item))));
+        self.expect("entered");
+        self.step(Step::Return(Poll::Pending));
+    }
+
     fn no_more_events(&self) {
         assert!(self.events.try_recv().is_err(), "unexpected upstream poll");
     }
@@ -697,6 +720,8 @@ fn gated_pair() -> (Gate, [Branch<impl Stream<Item = u32> + Send + Unpin>; 2]) {
 /// B polls while A is inside the upstream's `poll_next`, which then returns
 /// `outcome` (an item or the end): B is woken, and reads the same outcome
 /// from the buffer without polling the upstream. `what` says what happened.
+/// An item is followed by a `Pending` (see [`Gate::yield_one`]), so that A
+/// pulls that item only.
 fn a_branch_parked_during_a_poll_is_woken_by(outcome: Poll<Option<u32>>, what: &str) {
     let (gate, [mut a, mut b]) = gated_pair();
     let mut tb = spawn(());
@@ -704,7 +729,10 @@ fn a_branch_parked_during_a_poll_is_woken_by(outcome: Poll<Option<u32>>, what: &
     let polled = gate.poll_inside(&mut a, || {
         assert_pending!(poll(&mut tb, &mut b));
         assert!(!tb.is_woken());
-        gate.step(Step::Return(outcome));
+        match outcome {
+            Poll::Ready(Some(item)) => gate.yield_one(item),
+            _ => gate.step(Step::Return(outcome)),
+        }
     });
     assert_eq!(polled, outcome);
     assert!(
@@ -726,6 +754,65 @@ fn a_branch_parked_during_another_branchs_poll_is_woken_by_the_item() {
 #[test]
 fn a_branch_parked_during_another_branchs_poll_is_woken_by_the_end() {
     a_branch_parked_during_a_poll_is_woken_by(Poll::Ready(None), "the upstream ended");
+}
+
+/// A batch that ends on `Pending` after items. B waits on the upstream since
+/// an earlier `Pending`. A's poll pulls items 1 and 2, then the upstream
+/// returns `Pending`: A gets item 1 and is not parked, B is woken by the
+/// items, and both read them from the buffer without polling the upstream.
+/// The upstream is left idle, with the fanout's waker: the next branch at
+/// the end polls it, and the upstream's later wake-up wakes the branch that
+/// waits then, and not A. (All on one thread: the steps are sent before the
+/// polls that take them.)
+#[test]
+fn a_batch_that_ends_on_pending_wakes_the_waiting_branches_and_leaves_the_upstream_idle() {
+    let (gate, [mut a, mut b]) = gated_pair();
+    let (mut ta, mut tb) = (spawn(()), spawn(()));
+
+    gate.step(Step::Return(Poll::Pending));
+    assert_pending!(poll(&mut tb, &mut b));
+    gate.expect("entered");
+
+    for item in [1, 2] {
+        gate.step(Step::Return(Poll::Ready(Some(item))));
+    }
+    gate.step(Step::Return(Poll::Pending));
+    assert_eq!(poll(&mut ta, &mut a), Poll::Ready(Some(1)));
+    for _ in 0..3 {
+        gate.expect("entered");
+    }
+    assert!(
+        tb.is_woken(),
+        "A's batch pushed items 1 and 2, but B, waiting on the upstream, was not woken"
+    );
+    assert_eq!((a.lag(), b.lag()), (1, 2));
+    assert_eq!(poll(&mut ta, &mut a), Poll::Ready(Some(2)));
+    for item in [1, 2] {
+        assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(item)));
+    }
+    gate.no_more_events();
+
+    gate.step(Step::Return(Poll::Pending));
+    assert_pending!(poll(&mut tb, &mut b));
+    gate.expect("entered");
+    let waker = gate.stored.lock().unwrap().take().unwrap();
+    waker.wake();
+    assert!(
+        tb.is_woken(),
+        "the upstream woke, but B, waiting on it, was not"
+    );
+    assert!(
+        !ta.is_woken(),
+        "A got an item from its batch and does not wait: nothing wakes it"
+    );
+
+    gate.step(Step::Return(Poll::Ready(Some(3))));
+    gate.step(Step::Return(Poll::Pending));
+    assert_eq!(poll(&mut ta, &mut a), Poll::Ready(Some(3)));
+    gate.expect("entered");
+    gate.expect("entered");
+    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(3)));
+    gate.no_more_events();
 }
 
 /// B parks while A is polling; the upstream returns `Pending` and later
@@ -750,10 +837,9 @@ fn a_branch_parked_during_a_poll_is_woken_after_the_poller_is_dropped() {
     );
 
     // B polls the upstream itself now.
-    let polled = gate.poll_inside(&mut b, || {
-        gate.step(Step::Return(Poll::Ready(Some(6))));
-    });
+    let polled = gate.poll_inside(&mut b, || gate.yield_one(6));
     assert_eq!(polled, Poll::Ready(Some(6)));
+    gate.no_more_events();
 }
 
 /// The upstream wakes its waker during A's poll *before* B parks, then
@@ -776,12 +862,11 @@ fn a_wake_up_during_a_poll_before_a_branch_parked_is_not_lost() {
         "the upstream woke during the poll, and B, parked after that, was never woken"
     );
 
-    let polled = gate.poll_inside(&mut b, || {
-        gate.step(Step::Return(Poll::Ready(Some(9))));
-    });
+    let polled = gate.poll_inside(&mut b, || gate.yield_one(9));
     assert_eq!(polled, Poll::Ready(Some(9)));
     let mut ta = spawn(());
     assert_eq!(poll(&mut ta, &mut a), Poll::Ready(Some(9)));
+    gate.no_more_events();
 }
 
 /// The upstream wakes its waker during A's poll *after* B parked, then
