@@ -7,7 +7,8 @@ use std::task::{Context, Poll};
 use futures_core::stream::{FusedStream, Stream};
 
 use crate::shared::{Delivery, Shared};
-use crate::sync::Arc;
+use crate::solo::Solo;
+use crate::sync::{get_mut, lock, Arc, Mutex};
 use crate::{Lossy, Stats};
 
 /// Stream for the [`fanout`](crate::StreamExt::fanout) and
@@ -51,6 +52,10 @@ pub struct Branch<S: Stream> {
     id: usize,
     /// This branch has yielded `None`.
     terminated: bool,
+    /// The upstream, while this branch is the only live one and polls it
+    /// directly. Locked only by the methods that take `&self`; a poll owns
+    /// the branch and needs no lock.
+    solo: Mutex<Solo<S>>,
 }
 
 impl<S: Stream> Branch<S> {
@@ -62,13 +67,31 @@ impl<S: Stream> Branch<S> {
         }
         let shared = Arc::new(Shared::new(upstream, branches, capacity));
         (0..branches)
-            .map(|id| Self {
-                shared: Arc::clone(&shared),
-                key: id,
-                id,
-                terminated: false,
-            })
+            .map(|id| Self::new(Arc::clone(&shared), id, id, false))
             .collect()
+    }
+
+    fn new(shared: Arc<Shared<S>>, key: usize, id: usize, terminated: bool) -> Self {
+        Self {
+            shared,
+            key,
+            id,
+            terminated,
+            solo: Mutex::new(Solo::default()),
+        }
+    }
+
+    /// The position of the next item this branch yields.
+    fn position(&self) -> u64 {
+        self.record_solo();
+        self.shared.position(self.key)
+    }
+
+    /// Records in the shared state the items this branch has yielded
+    /// straight from the upstream, if it is the only live one, before a
+    /// method reads the shared state for it.
+    fn record_solo(&self) {
+        self.shared.record_solo(self.key, &mut lock(&self.solo));
     }
 
     /// Polls for the next item, or, for a lossy branch, the next report of
@@ -80,7 +103,7 @@ impl<S: Stream> Branch<S> {
         if self.terminated {
             return Poll::Ready(None);
         }
-        let polled = self.shared.poll_next(self.key, cx);
+        let polled = self.shared.poll_next(self.key, get_mut(&mut self.solo), cx);
         if let Poll::Ready(None) = polled {
             self.terminated = true;
         }
@@ -90,6 +113,7 @@ impl<S: Stream> Branch<S> {
     /// The bounds on the items this branch has still to yield, and whether
     /// it has a report of missed items to yield first.
     pub(crate) fn remaining(&self) -> ((usize, Option<usize>), bool) {
+        self.record_solo();
         self.shared.size_hint(self.key)
     }
 
@@ -116,6 +140,7 @@ impl<S: Stream> Branch<S> {
     /// });
     /// ```
     pub fn lag(&self) -> usize {
+        self.record_solo();
         self.shared.lag(self.key)
     }
 
@@ -158,6 +183,7 @@ impl<S: Stream> Branch<S> {
     /// assert_eq!(stats.slowest().unwrap().id, slow.id());
     /// ```
     pub fn stats(&self) -> Stats {
+        self.record_solo();
         self.shared.stats()
     }
 
@@ -244,13 +270,12 @@ impl<S: Stream> Clone for Branch<S> {
     /// the same remaining items, and from now on holds the buffer like any
     /// other branch.
     fn clone(&self) -> Self {
-        let (key, id) = self.shared.fork(self.key);
-        Self {
-            shared: Arc::clone(&self.shared),
-            key,
-            id,
-            terminated: self.terminated,
+        let (key, id, parked) = self.shared.fork(self.key, &mut lock(&self.solo));
+        let fork = Self::new(Arc::clone(&self.shared), key, id, self.terminated);
+        if let Some(parked) = parked {
+            parked.wake();
         }
+        fork
     }
 }
 
@@ -264,7 +289,7 @@ impl<S: Stream> fmt::Debug for Branch<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Branch")
             .field("id", &self.id)
-            .field("position", &self.shared.position(self.key))
+            .field("position", &self.position())
             .field("capacity", &self.capacity())
             .field("terminated", &self.terminated)
             .finish_non_exhaustive()

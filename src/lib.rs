@@ -198,6 +198,7 @@ mod branch;
 mod lossy;
 mod registry;
 mod shared;
+mod solo;
 mod stats;
 mod stream_ext;
 mod sync;

@@ -45,8 +45,14 @@ impl BranchRecord {
     /// Moves past the item it has just yielded.
     #[inline]
     pub(crate) fn deliver_next(&mut self) {
-        self.position += 1;
-        self.delivered += 1;
+        self.deliver(1);
+    }
+
+    /// Moves past `count` items it has yielded.
+    #[inline]
+    pub(crate) fn deliver(&mut self, count: u64) {
+        self.position += count;
+        self.delivered += count;
     }
 
     /// Moves past the next item without yielding it.

@@ -84,13 +84,14 @@ use std::time::Instant;
 use futures_core::Stream;
 
 use crate::registry::Registry;
+use crate::solo::{Solo, SoloPoll};
 use crate::stats::Stats;
 use crate::sync::{lock, Mutex, MutexGuard};
 use crate::upstream_signal::{AfterPending, UpstreamSignal};
 use crate::waiters::{Waiters, Wakeups};
 
 /// A stream's `size_hint`: lower and upper bounds on the items it has left.
-type SizeHint = (usize, Option<usize>);
+pub(crate) type SizeHint = (usize, Option<usize>);
 
 /// What a panic carries, as `catch_unwind` returns it.
 type PanicPayload = Box<dyn Any + Send>;
@@ -163,6 +164,10 @@ enum Upstream<S> {
     Idle(Pin<Box<S>>),
     /// Taken out by the branch that is polling it now.
     Polling,
+    /// Taken by the only live branch, which polls it directly while the
+    /// buffer is empty (see [`Solo`]). If that branch no longer holds it,
+    /// a poll of it panicked.
+    Solo,
     /// It returned `None`, and has been dropped.
     Done,
     /// Its `poll_next` panicked, and it has been dropped. Holds the panic's
@@ -210,8 +215,19 @@ impl<S: Stream> Shared<S> {
 
     /// Registers a new branch where branch `key` is, lossy if it is; returns
     /// the new branch's key and id.
-    pub(crate) fn fork(&self, key: usize) -> (usize, usize) {
+    ///
+    /// If branch `key` is the only live one and holds the upstream (see
+    /// [`Solo`]), it gives it back first. Then the waker of its last poll of
+    /// the upstream is returned too, if that poll returned `Pending`, for the
+    /// caller to wake once it holds no lock: the upstream may know only that
+    /// waker, and the fork may poll it first, with the fanout's.
+    pub(crate) fn fork(&self, key: usize, solo: &mut Solo<S>) -> (usize, usize, Option<Waker>) {
         let mut state = self.lock_state();
+        state.record_solo(key, solo);
+        let parked = solo.give_back().and_then(|(upstream, parked)| {
+            state.upstream = Upstream::Idle(upstream);
+            parked
+        });
         let source = state.branches.get(key);
         let (position, lossy) = (source.position, source.lossy);
         let (fork, id) = state.branches.insert(position, lossy);
@@ -222,7 +238,7 @@ impl<S: Stream> Shared<S> {
         if state.is_full() && first_unread == 0 && !lossy {
             state.branches.get_mut(fork).start_stall(Instant::now());
         }
-        (fork, id)
+        (fork, id, parked)
     }
 
     /// Unregisters branch `key`: its unread slots are released and the
@@ -275,7 +291,7 @@ impl<S: Stream> Shared<S> {
         let buffered = state.buffered_from(record.position);
         let (lower, upper) = match state.upstream {
             Upstream::Done | Upstream::Panicked(_) => (0, Some(0)),
-            Upstream::Idle(_) | Upstream::Polling => state.upstream_hint,
+            Upstream::Idle(_) | Upstream::Polling | Upstream::Solo => state.upstream_hint,
         };
         let hint = (
             lower.saturating_add(buffered),
@@ -306,15 +322,53 @@ impl<S: Stream> Shared<S> {
     }
 }
 
+impl<S: Stream> Shared<S> {
+    /// Records the items lone branch `key` has yielded straight from the
+    /// upstream since it last did, and the upstream's `size_hint`.
+    pub(crate) fn record_solo(&self, key: usize, solo: &mut Solo<S>) {
+        if solo.is_alone() || solo.has_unrecorded() {
+            self.lock_state().record_solo(key, solo);
+        }
+    }
+
+    /// Records that the upstream of lone branch `key` has ended.
+    fn end_solo(&self, key: usize, solo: &mut Solo<S>) {
+        let mut state = self.lock_state();
+        state.record_solo(key, solo);
+        state.upstream = Upstream::Done;
+    }
+}
+
 impl<S> Shared<S>
 where
     S: Stream,
     S::Item: Clone,
 {
-    /// Polls for the next delivery to branch `key`.
+    /// Polls for the next delivery to branch `key`, whose lone-branch state
+    /// is `solo`.
+    #[inline]
     pub(crate) fn poll_next(
         &self,
         key: usize,
+        solo: &mut Solo<S>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Delivery<S::Item>>> {
+        match solo.poll(cx) {
+            SoloPoll::Polled(polled) => polled.map(|item| Some(Delivery::Item(item))),
+            SoloPoll::Ended => {
+                self.end_solo(key, solo);
+                Poll::Ready(None)
+            }
+            SoloPoll::NotAlone => self.poll_shared(key, solo, cx),
+        }
+    }
+
+    /// Polls for the next delivery to branch `key`, which does not hold the
+    /// upstream, from the buffer or the upstream.
+    fn poll_shared(
+        &self,
+        key: usize,
+        solo: &mut Solo<S>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Delivery<S::Item>>> {
         let mut state = self.lock_state();
@@ -330,8 +384,11 @@ where
         }
         let replaced = match state.upstream {
             Upstream::Done => return Poll::Ready(None),
-            Upstream::Panicked(ref mut payload) => {
-                let payload = payload.take();
+            Upstream::Panicked(_) | Upstream::Solo => {
+                let payload = match state.upstream {
+                    Upstream::Panicked(ref mut payload) => payload.take(),
+                    _ => None,
+                };
                 drop(state);
                 if let Some(payload) = payload {
                     resume_unwind(payload);
@@ -339,12 +396,17 @@ where
                 panic!("fanout: the upstream stream panicked while another branch polled it; every item it yielded before has been delivered to this branch");
             }
             Upstream::Polling => self.signal.park(key, cx.waker()),
+            Upstream::Idle(_) if state.branches.len() == 1 && state.slots.is_empty() => {
+                solo.take_over(state.take_upstream(Upstream::Solo));
+                drop(state);
+                return self.poll_next(key, solo, cx);
+            }
             Upstream::Idle(_) => match state.make_room() {
                 Err(NoRoom) => state.waiting_for_room.register(key, cx.waker()),
                 Ok(evicted) => {
                     let poll = UpstreamPoll {
                         shared: self,
-                        upstream: Some(state.take_upstream()),
+                        upstream: Some(state.take_upstream(Upstream::Polling)),
                         started: false,
                         batch: std::mem::take(&mut state.spare_batch),
                         limit: state.room().min(MAX_BATCH),
@@ -352,7 +414,7 @@ where
                     self.signal.start_poll();
                     drop(state);
                     drop(evicted);
-                    return self.poll_upstream(key, poll, cx);
+                    return self.poll_upstream(key, poll, solo, cx);
                 }
             },
         };
@@ -367,6 +429,7 @@ where
         &self,
         key: usize,
         mut poll: UpstreamPoll<'_, S>,
+        solo: &mut Solo<S>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Delivery<S::Item>>> {
         let end = poll.pull(&self.upstream_waker);
@@ -402,7 +465,7 @@ where
             // branch does, from the buffer or the recorded end.
             drop(state);
             drop(upstream);
-            return self.poll_next(key, cx);
+            return self.poll_shared(key, solo, cx);
         }
         if pulled_any {
             let item = state
@@ -434,6 +497,24 @@ impl<S: Stream> State<S> {
             .expect("a branch is at most `capacity` items past head")
     }
 
+    /// Moves lone branch `key`, and the empty buffer, past the items it has
+    /// yielded straight from the upstream.
+    fn record_solo(&mut self, key: usize, solo: &mut Solo<S>) {
+        if !solo.is_alone() && !solo.has_unrecorded() {
+            return;
+        }
+        debug_assert!(
+            self.slots.is_empty(),
+            "a lone branch leaves nothing buffered"
+        );
+        let (yielded, hint) = solo.take_unrecorded();
+        self.branches.get_mut(key).deliver(yielded);
+        self.head += yielded;
+        if let Some(hint) = hint {
+            self.upstream_hint = hint;
+        }
+    }
+
     /// The number of buffered items at `position` or later.
     fn buffered_from(&self, position: u64) -> usize {
         self.slots.len() - self.index_of(position)
@@ -454,9 +535,10 @@ impl<S: Stream> State<S> {
         self.capacity - self.slots.len()
     }
 
-    /// Takes the idle upstream out of the state for a poll.
-    fn take_upstream(&mut self) -> Pin<Box<S>> {
-        match std::mem::replace(&mut self.upstream, Upstream::Polling) {
+    /// Takes the idle upstream out of the state for a poll, leaving `taken`
+    /// (`Polling` or `Solo`) in its place.
+    fn take_upstream(&mut self, taken: Upstream<S>) -> Pin<Box<S>> {
+        match std::mem::replace(&mut self.upstream, taken) {
             Upstream::Idle(upstream) => upstream,
             _ => unreachable!("only an idle upstream is taken for a poll"),
         }

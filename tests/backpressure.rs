@@ -193,7 +193,8 @@ const MAX_BATCH: usize = 32;
 /// What the upstream of [`counted`] has done, as the batching rule predicts
 /// it: a branch at the end of a buffer with room pulls a batch of
 /// `min(room, MAX_BATCH)` items, fewer if the upstream ends first, in which
-/// case one more poll sees the end.
+/// case one more poll sees the end. A lone branch with nothing buffered
+/// pulls one item per poll.
 #[derive(Debug, Default)]
 struct UpstreamModel {
     yielded: u64,
@@ -204,7 +205,14 @@ struct UpstreamModel {
 impl UpstreamModel {
     /// Branch `read` items in polls, with the slowest branch `slowest` items
     /// in; returns what the poll yields.
-    fn poll(&mut self, read: u64, slowest: u64, len: u64, cap: usize) -> Poll<Option<u64>> {
+    fn poll(
+        &mut self,
+        read: u64,
+        slowest: u64,
+        len: u64,
+        cap: usize,
+        n: usize,
+    ) -> Poll<Option<u64>> {
         if read < self.yielded {
             return Poll::Ready(Some(read));
         }
@@ -215,7 +223,13 @@ impl UpstreamModel {
         if room == 0 {
             return Poll::Pending;
         }
-        let limit = room.min(MAX_BATCH) as u64;
+        // A lone branch with nothing buffered polls the upstream straight,
+        // one item per poll.
+        let limit = if n == 1 && room == cap {
+            1
+        } else {
+            room.min(MAX_BATCH) as u64
+        };
         let pulled = limit.min(len - self.yielded);
         self.yielded += pulled;
         self.polls += pulled as usize;
@@ -246,7 +260,7 @@ fn exact_bound_under_an_arbitrary_polling_schedule() {
                     // Skewed: branch 0 is polled more often than the others, so it keeps running into the buffer limit.
                     let i = if rng.below(4) == 0 { 0 } else { rng.below(n) };
                     let slowest_before = progress.slowest();
-                    let expected = model.poll(progress.read[i], slowest_before, LEN, cap);
+                    let expected = model.poll(progress.read[i], slowest_before, LEN, cap, n);
                     let polled = poll_once(&mut branches[i]);
                     assert_eq!(polled, expected, "n = {n}, cap = {cap}: branch {i}");
                     match polled {

@@ -822,7 +822,14 @@ impl Model {
         // sees (at most `MAX_BATCH`) and the upstream has. A batch cut short
         // by the end also polled the `None`, and the end is recorded at once,
         // with the batch still buffered.
-        let limit = (self.cap - self.buffered()).min(MAX_BATCH);
+        // A lone branch with nothing buffered polls the upstream straight,
+        // one item per poll, and buffers nothing.
+        let alone = self.branches.len() == 1 && self.buffered() == 0;
+        let limit = if alone {
+            1
+        } else {
+            (self.cap - self.buffered()).min(MAX_BATCH)
+        };
         let batch = limit.min((self.len - self.pulled) as usize);
         self.polls += batch;
         if batch < limit {
@@ -834,7 +841,9 @@ impl Model {
         }
         let first = self.pulled;
         self.pulled += batch as u64;
-        self.high_water = self.high_water.max(self.buffered());
+        if !alone {
+            self.high_water = self.high_water.max(self.buffered());
+        }
         // The poller reads the first item of its batch at once.
         let branch = &mut self.branches[i];
         branch.position += 1;

@@ -269,8 +269,15 @@ impl Model {
         if self.pulled < self.offered {
             // One poll pulls a batch: as many offered items as the room
             // allows. If fewer were offered, the upstream is polled once
-            // more in the same batch, and ends there if it is closed.
-            let limit = (self.cap - self.buffered()).min(MAX_BATCH);
+            // more in the same batch, and ends there if it is closed. A lone
+            // branch with nothing buffered takes one item straight from the
+            // upstream instead.
+            let alone = self.branches.len() == 1 && self.buffered() == 0;
+            let limit = if alone {
+                1
+            } else {
+                (self.cap - self.buffered()).min(MAX_BATCH)
+            };
             let batch = limit.min(self.offered - self.pulled);
             if batch < limit && self.closed {
                 self.ended = true;

@@ -145,7 +145,14 @@ impl Expected {
         // The poll pulls a batch: as many items as the buffer has room for
         // (at most `MAX_BATCH`) and the upstream has left. A batch cut short
         // by the end also polled the `None`: the end is recorded at once.
-        let limit = (self.cap - self.buffered()).min(MAX_BATCH);
+        // A lone branch with nothing buffered polls the upstream straight,
+        // one item per poll, and buffers nothing.
+        let alone = self.read.len() == 1 && self.buffered() == 0;
+        let limit = if alone {
+            1
+        } else {
+            (self.cap - self.buffered()).min(MAX_BATCH)
+        };
         let batch = limit.min((self.len - self.pulled) as usize);
         self.polls += batch;
         if batch < limit {
@@ -156,7 +163,9 @@ impl Expected {
             return Poll::Ready(None);
         }
         self.pulled += batch as u64;
-        self.high_water = self.high_water.max(self.buffered());
+        if !alone {
+            self.high_water = self.high_water.max(self.buffered());
+        }
         // The poller reads the first item of its batch at once.
         self.read[i] += 1;
         Poll::Ready(Some(position))

@@ -836,8 +836,10 @@ fn a_branch_parked_during_a_poll_is_woken_after_the_poller_is_dropped() {
         "the upstream woke, but B, parked during A's poll, was not woken"
     );
 
-    // B polls the upstream itself now.
-    let polled = gate.poll_inside(&mut b, || gate.yield_one(6));
+    // B polls the upstream itself now. It is the only branch left and
+    // nothing is buffered, so it takes one item straight from the upstream:
+    // no batch, no second poll.
+    let polled = gate.poll_inside(&mut b, || gate.step(Step::Return(Poll::Ready(Some(6)))));
     assert_eq!(polled, Poll::Ready(Some(6)));
     gate.no_more_events();
 }
