@@ -45,8 +45,10 @@
 //!   pulled yet polls the upstream itself. It pulls a batch: it polls again
 //!   while the upstream yields, up to the room in the buffer and at most 32
 //!   items, buffers them all and yields the first, so that the cost of the
-//!   shared buffer's lock is spread over the batch. Creating branches polls
-//!   nothing.
+//!   shared buffer's lock is spread over the batch. A branch that is the
+//!   only one left, with nothing buffered, polls the upstream directly
+//!   instead, one item per poll and without any lock, until it is cloned.
+//!   Creating branches polls nothing.
 //!   The branches work on any executor, from one task (with `join` or
 //!   `select`) or from many tasks and threads. The upstream needs neither
 //!   `Unpin` nor [`FusedStream`](futures_core::FusedStream); it is never

@@ -37,6 +37,10 @@
 //!    upstream are woken. If the upstream returned `Pending` before yielding
 //!    anything, the poller waits for it like case 3.
 //!
+//!    If it is the only live branch and nothing is buffered, it takes the
+//!    upstream for good instead, and polls it directly from then on, with
+//!    no lock and no buffer, until it forks (see [`Solo`]).
+//!
 //! So the upstream is polled by one branch at a time, never for more items
 //! than the buffer has room for, and never with a lock held: it may wake its waker, and so any
 //! branch, from inside `poll_next`. If it panics, the items it yielded before

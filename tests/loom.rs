@@ -277,3 +277,35 @@ fn turning_the_slow_branch_lossy_frees_the_waiting_fast_one() {
         assert_eq!(received.len() as u64 + missed, 2);
     });
 }
+
+/// A lone branch polls the upstream directly and waits on it with its own
+/// waker. Another thread forks it (through a shared slot, as the waiting
+/// task cannot): the fork may poll the upstream first and replace that
+/// waker with the fanout's, so the fork must wake the waiting task.
+#[test]
+fn a_lone_branch_waiting_on_the_upstream_is_woken_when_forked() {
+    model(|| {
+        let (sender, upstream) = gate();
+        let [lone]: [_; 1] = upstream.fanout(1, 1).try_into().unwrap();
+        let lone = Arc::new(Mutex::new(lone));
+        let reader = {
+            let lone = Arc::clone(&lone);
+            thread::spawn(move || {
+                let next = |cx: &mut Context<'_>| lone.lock().unwrap().poll_next_unpin(cx);
+                block_on(
+                    futures::stream::poll_fn(next)
+                        .map(|item| *item)
+                        .collect::<Vec<_>>(),
+                )
+            })
+        };
+        let fork = lone.lock().unwrap().clone();
+        let producer = thread::spawn(move || {
+            sender.send(0);
+            sender.close();
+        });
+        assert_eq!(read_all(fork), [0]);
+        producer.join().unwrap();
+        assert_eq!(reader.join().unwrap(), [0]);
+    });
+}
