@@ -103,7 +103,12 @@ impl<S: Stream> Branch<S> {
         if self.terminated {
             return Poll::Ready(None);
         }
-        let polled = self.shared.poll_next(self.key, get_mut(&mut self.solo), cx);
+        let solo = get_mut(&mut self.solo);
+        let polled = if solo.is_alone() {
+            self.shared.poll_solo(self.key, solo, cx)
+        } else {
+            self.shared.poll_next(self.key, solo, cx)
+        };
         if let Poll::Ready(None) = polled {
             self.terminated = true;
         }
@@ -113,8 +118,7 @@ impl<S: Stream> Branch<S> {
     /// The bounds on the items this branch has still to yield, and whether
     /// it has a report of missed items to yield first.
     pub(crate) fn remaining(&self) -> ((usize, Option<usize>), bool) {
-        self.record_solo();
-        self.shared.size_hint(self.key)
+        self.shared.size_hint(self.key, &mut lock(&self.solo))
     }
 
     /// Returns the number of items buffered that this branch has not read

@@ -226,8 +226,9 @@ impl<S: Stream> Shared<S> {
     /// caller to wake once it holds no lock: the upstream may know only that
     /// waker, and the fork may poll it first, with the fanout's.
     pub(crate) fn fork(&self, key: usize, solo: &mut Solo<S>) -> (usize, usize, Option<Waker>) {
+        let unrecorded = solo.take_unrecorded();
         let mut state = self.lock_state();
-        state.record_solo(key, solo);
+        state.record_solo(key, unrecorded);
         let parked = solo.give_back().and_then(|(upstream, parked)| {
             state.upstream = Upstream::Idle(upstream);
             parked
@@ -287,15 +288,19 @@ impl<S: Stream> Shared<S> {
         state.buffered_from(state.branches.get(key).position)
     }
 
-    /// The bounds on the items branch `key` has still to yield, and whether
-    /// it has a gap to report first.
-    pub(crate) fn size_hint(&self, key: usize) -> (SizeHint, bool) {
-        let state = self.lock_state();
+    /// The bounds on the items branch `key`, whose lone-branch state is
+    /// `solo`, has still to yield, and whether it has a gap to report first.
+    pub(crate) fn size_hint(&self, key: usize, solo: &mut Solo<S>) -> (SizeHint, bool) {
+        let unrecorded = solo.take_unrecorded();
+        let mut state = self.lock_state();
+        state.record_solo(key, unrecorded);
         let record = state.branches.get(key);
         let buffered = state.buffered_from(record.position);
         let (lower, upper) = match state.upstream {
-            Upstream::Done | Upstream::Panicked(_) => (0, Some(0)),
-            Upstream::Idle(_) | Upstream::Polling | Upstream::Solo => state.upstream_hint,
+            Upstream::Idle(_) | Upstream::Polling => state.upstream_hint,
+            Upstream::Solo if solo.is_alone() => state.upstream_hint,
+            // Taken by a lone branch that no longer holds it: it panicked.
+            Upstream::Solo | Upstream::Done | Upstream::Panicked(_) => (0, Some(0)),
         };
         let hint = (
             lower.saturating_add(buffered),
@@ -331,14 +336,16 @@ impl<S: Stream> Shared<S> {
     /// upstream since it last did, and the upstream's `size_hint`.
     pub(crate) fn record_solo(&self, key: usize, solo: &mut Solo<S>) {
         if solo.is_alone() || solo.has_unrecorded() {
-            self.lock_state().record_solo(key, solo);
+            let unrecorded = solo.take_unrecorded();
+            self.lock_state().record_solo(key, unrecorded);
         }
     }
 
     /// Records that the upstream of lone branch `key` has ended.
     fn end_solo(&self, key: usize, solo: &mut Solo<S>) {
+        let unrecorded = solo.take_unrecorded();
         let mut state = self.lock_state();
-        state.record_solo(key, solo);
+        state.record_solo(key, unrecorded);
         state.upstream = Upstream::Done;
     }
 }
@@ -348,10 +355,10 @@ where
     S: Stream,
     S::Item: Clone,
 {
-    /// Polls for the next delivery to branch `key`, whose lone-branch state
-    /// is `solo`.
+    /// Polls the upstream for lone branch `key`, which holds it (see
+    /// [`Solo`]).
     #[inline]
-    pub(crate) fn poll_next(
+    pub(crate) fn poll_solo(
         &self,
         key: usize,
         solo: &mut Solo<S>,
@@ -363,13 +370,15 @@ where
                 self.end_solo(key, solo);
                 Poll::Ready(None)
             }
-            SoloPoll::NotAlone => self.poll_shared(key, solo, cx),
+            SoloPoll::NotAlone => unreachable!("only a lone branch polls the upstream directly"),
         }
     }
 
     /// Polls for the next delivery to branch `key`, which does not hold the
-    /// upstream, from the buffer or the upstream.
-    fn poll_shared(
+    /// upstream (see [`Shared::poll_solo`]): from the buffer or the upstream.
+    /// If it is the only live branch and nothing is buffered, it takes the
+    /// upstream for good and polls it directly; `solo` keeps it.
+    pub(crate) fn poll_next(
         &self,
         key: usize,
         solo: &mut Solo<S>,
@@ -403,7 +412,7 @@ where
             Upstream::Idle(_) if state.branches.len() == 1 && state.slots.is_empty() => {
                 solo.take_over(state.take_upstream(Upstream::Solo));
                 drop(state);
-                return self.poll_next(key, solo, cx);
+                return self.poll_solo(key, solo, cx);
             }
             Upstream::Idle(_) => match state.make_room() {
                 Err(NoRoom) => state.waiting_for_room.register(key, cx.waker()),
@@ -469,7 +478,7 @@ where
             // branch does, from the buffer or the recorded end.
             drop(state);
             drop(upstream);
-            return self.poll_shared(key, solo, cx);
+            return self.poll_next(key, solo, cx);
         }
         if pulled_any {
             let item = state
@@ -502,16 +511,17 @@ impl<S: Stream> State<S> {
     }
 
     /// Moves lone branch `key`, and the empty buffer, past the items it has
-    /// yielded straight from the upstream.
-    fn record_solo(&mut self, key: usize, solo: &mut Solo<S>) {
-        if !solo.is_alone() && !solo.has_unrecorded() {
+    /// yielded straight from the upstream, as [`Solo::take_unrecorded`]
+    /// returned them (taken before the lock: it runs the upstream's
+    /// `size_hint`).
+    fn record_solo(&mut self, key: usize, (yielded, hint): (u64, Option<SizeHint>)) {
+        if yielded == 0 && hint.is_none() {
             return;
         }
         debug_assert!(
             self.slots.is_empty(),
             "a lone branch leaves nothing buffered"
         );
-        let (yielded, hint) = solo.take_unrecorded();
         self.branches.get_mut(key).deliver(yielded);
         self.head += yielded;
         if let Some(hint) = hint {

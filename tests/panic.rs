@@ -11,7 +11,7 @@ mod support;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -23,7 +23,7 @@ use futures::{stream, Stream, StreamExt};
 use tokio_test::assert_pending;
 use tokio_test::task::{spawn, Spawn};
 
-use support::{panic_message, CountingPolls, PollCounts, Tracked, Tracker};
+use support::{panic_message, panicking_upstream, Tracked, Tracker};
 
 /// The message the test upstreams panic with.
 const BOOM: &str = "upstream boom";
@@ -63,42 +63,6 @@ where
     try_poll(task, branch).map(|poll| poll.map(|item| item.map(|item| item.value)))
 }
 
-/// Sets its flag when dropped.
-struct DropFlag(Arc<AtomicBool>);
-
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
-
-/// An upstream that yields tracked items `0..items`, then panics with
-/// [`BOOM`] on the next poll. Returns it with its poll counts and a flag set
-/// when it is dropped.
-fn panicking_upstream(
-    tracker: &Arc<Tracker>,
-    items: u64,
-) -> (
-    impl Stream<Item = Tracked> + Send + Unpin,
-    PollCounts,
-    Arc<AtomicBool>,
-) {
-    let dropped = Arc::new(AtomicBool::new(false));
-    let flag = DropFlag(Arc::clone(&dropped));
-    let tracker = Arc::clone(tracker);
-    let mut next = 0;
-    let inner = stream::poll_fn(move |_: &mut Context<'_>| {
-        let _flag = &flag;
-        if next == items {
-            panic!("{}", BOOM);
-        }
-        next += 1;
-        Poll::Ready(Some(tracker.item(next - 1)))
-    });
-    let (upstream, counts) = CountingPolls::new(inner);
-    (upstream, counts, dropped)
-}
-
 fn branches<T, const N: usize>(v: Vec<T>) -> [T; N] {
     v.try_into().ok().expect("as many branches as asked for")
 }
@@ -115,7 +79,7 @@ fn branches<T, const N: usize>(v: Vec<T>) -> [T; N] {
 #[test]
 fn the_poller_gets_the_upstream_panic_and_the_others_drain_then_panic() {
     let tracker = Tracker::new();
-    let (upstream, counts, dropped) = panicking_upstream(&tracker, 3);
+    let (upstream, counts, dropped) = panicking_upstream(&tracker, 3, BOOM);
     let [mut a, mut b, mut c] = branches(upstream.fanout(3, 4));
     let (mut ta, mut tb, mut tc) = (spawn(()), spawn(()), spawn(()));
 
@@ -177,7 +141,7 @@ fn the_poller_gets_the_upstream_panic_and_the_others_drain_then_panic() {
 #[test]
 fn a_panic_after_a_batchs_first_item_reaches_the_first_branch_to_read_past_the_batch() {
     let tracker = Tracker::new();
-    let (upstream, counts, dropped) = panicking_upstream(&tracker, 2);
+    let (upstream, counts, dropped) = panicking_upstream(&tracker, 2, BOOM);
     let [mut a, mut b, mut c] = branches(upstream.fanout(3, 4));
     let (mut ta, mut tb, mut tc) = (spawn(()), spawn(()), spawn(()));
 
@@ -221,7 +185,7 @@ fn a_panic_after_a_batchs_first_item_reaches_the_first_branch_to_read_past_the_b
 fn a_panic_on_the_first_poll_reaches_every_branch_at_once() {
     for n in 1..=4 {
         let tracker = Tracker::new();
-        let (upstream, counts, _) = panicking_upstream(&tracker, 0);
+        let (upstream, counts, _) = panicking_upstream(&tracker, 0, BOOM);
         let mut all = upstream.fanout(n, 2);
         let mut tasks: Vec<_> = (0..n).map(|_| spawn(())).collect();
 
@@ -240,7 +204,7 @@ fn a_panic_on_the_first_poll_reaches_every_branch_at_once() {
 #[test]
 fn lagging_branches_and_clones_read_everything_buffered_after_the_panic() {
     let tracker = Tracker::new();
-    let (upstream, counts, _) = panicking_upstream(&tracker, 4);
+    let (upstream, counts, _) = panicking_upstream(&tracker, 4, BOOM);
     let [mut a, mut b] = branches(upstream.fanout(2, 4));
     let (mut ta, mut tb, mut tc) = (spawn(()), spawn(()), spawn(()));
 
@@ -279,7 +243,7 @@ fn lagging_branches_and_clones_read_everything_buffered_after_the_panic() {
 #[test]
 fn dropping_the_branches_after_the_panic_releases_everything() {
     let tracker = Tracker::new();
-    let (upstream, _, dropped) = panicking_upstream(&tracker, 3);
+    let (upstream, _, dropped) = panicking_upstream(&tracker, 3, BOOM);
     let [mut a, b, c] = branches(upstream.fanout(3, 4));
     let mut ta = spawn(());
     for value in 0..3 {
@@ -481,7 +445,7 @@ async fn a_panic_reaches_every_task_and_none_hangs() {
     const ITEMS: u64 = 200;
     for (n, cap) in [(2, 1), (3, 4), (4, 16), (8, 3)] {
         let tracker = Tracker::new();
-        let (upstream, counts, _) = panicking_upstream(&tracker, ITEMS);
+        let (upstream, counts, _) = panicking_upstream(&tracker, ITEMS, BOOM);
         let tasks: Vec<_> = upstream
             .fanout(n, cap)
             .into_iter()
@@ -525,7 +489,7 @@ fn a_panic_reaches_every_thread_and_none_hangs() {
     const ITEMS: u64 = 200;
     for (n, cap) in [(2, 1), (4, 8)] {
         let tracker = Tracker::new();
-        let (upstream, counts, _) = panicking_upstream(&tracker, ITEMS);
+        let (upstream, counts, _) = panicking_upstream(&tracker, ITEMS, BOOM);
         let (done_tx, done_rx) = std_mpsc::channel();
         let threads: Vec<_> = upstream
             .fanout(n, cap)

@@ -525,3 +525,29 @@ pub fn take<B>(shared: &Shared<B>) -> B {
         .take()
         .expect("the branch is still there")
 }
+
+/// An upstream that yields tracked items `0..items`, then panics with
+/// `message` on the next poll. Returns it with its poll counts and a flag set
+/// when it is dropped.
+pub fn panicking_upstream(
+    tracker: &Arc<Tracker>,
+    items: u64,
+    message: &'static str,
+) -> (
+    impl Stream<Item = Tracked> + Send + Unpin,
+    PollCounts,
+    Arc<AtomicBool>,
+) {
+    let tracker = Arc::clone(tracker);
+    let mut next = 0;
+    let inner = futures::stream::poll_fn(move |_: &mut Context<'_>| {
+        if next == items {
+            panic!("{message}");
+        }
+        next += 1;
+        Poll::Ready(Some(tracker.item(next - 1)))
+    });
+    let (counting, counts) = CountingPolls::new(inner);
+    let (upstream, dropped) = DropFlag::new(counting);
+    (upstream, counts, dropped)
+}
