@@ -437,7 +437,10 @@ where
     }
 
     /// Polls the upstream, which branch `key` has taken out of the state, and
-    /// puts it back (or records its end) with the batch it yielded.
+    /// puts it back (or records its end) with the batch it yielded. Once per
+    /// batch: kept out of line, so that the path that reads a buffered item
+    /// stays small.
+    #[inline(never)]
     fn poll_upstream(
         &self,
         key: usize,
