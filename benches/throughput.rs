@@ -278,6 +278,17 @@ fn split_throughput(c: &mut Criterion) {
     );
     scenario(
         c,
+        "String, 1 branch, cap 1024",
+        &current,
+        1,
+        1024,
+        &[
+            ("fanout", through_fanout::<String>),
+            ("baseline_n", through_baseline_n::<String>),
+        ],
+    );
+    scenario(
+        c,
         "u64, 4 branches, cap 1024, statistics",
         &current,
         4,
