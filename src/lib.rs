@@ -140,7 +140,8 @@
 //!
 //! - **loom models** (`tests/loom.rs`) explore every interleaving, up to two
 //!   preemptions, of two and three threads reading, waiting for room,
-//!   dropping and cloning branches while the upstream yields, waits and ends.
+//!   dropping and cloning branches while the upstream yields, waits and ends,
+//!   and forking a lone branch that waits on the upstream it polls directly.
 //!   Items are loom `Arc`s, so a leak fails the model as a lost wake-up
 //!   does. Run them with
 //!   `RUSTFLAGS="--cfg fanout_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom`.
