@@ -366,8 +366,9 @@ where
     ) -> Poll<Option<Delivery<S::Item>>> {
         match solo.poll(cx) {
             SoloPoll::Polled(polled) => polled.map(|item| Some(Delivery::Item(item))),
-            SoloPoll::Ended => {
+            SoloPoll::Ended(upstream) => {
                 self.end_solo(key, solo);
+                drop(upstream);
                 Poll::Ready(None)
             }
             SoloPoll::NotAlone => unreachable!("only a lone branch polls the upstream directly"),
@@ -484,10 +485,10 @@ where
             return self.poll_next(key, solo, cx);
         }
         if pulled_any {
+            state.start_stalls_if_full(key);
             let item = state
                 .read(key, first)
                 .expect("the poller reads the first item it pushed");
-            state.start_stalls_if_full();
             drop(state);
             return Poll::Ready(Some(Delivery::Item(item)));
         }
@@ -571,15 +572,17 @@ impl<S: Stream> State<S> {
         self.spare_batch = batch;
     }
 
-    /// Called when the buffer may have become full (after a push and the
-    /// poller's own read, so that the poller is not counted as stalling):
-    /// the backpressure branches at the oldest position start stalling.
-    /// Lossy ones never hold the upstream back.
-    fn start_stalls_if_full(&mut self) {
+    /// Called when the buffer may have become full, after a push: the
+    /// backpressure branches at the oldest position start stalling, but for
+    /// branch `poller`, which is about to read past it. (Called before that
+    /// read, so that a panicking `Clone` in it does not skip the others'
+    /// stalls.) Lossy ones never hold the upstream back.
+    fn start_stalls_if_full(&mut self, poller: usize) {
         if self.is_full() {
+            let poller = self.branches.get(poller).id;
             let now = Instant::now();
             for record in self.branches.at_mut(self.head) {
-                if !record.lossy {
+                if !record.lossy && record.id != poller {
                     record.start_stall(now);
                 }
             }

@@ -41,14 +41,15 @@ pub(crate) struct Solo<S: Stream> {
 }
 
 /// The outcome of polling the upstream directly.
-pub(crate) enum SoloPoll<T> {
+pub(crate) enum SoloPoll<S: Stream> {
     /// Not a lone branch: the shared state decides.
     NotAlone,
     /// What the upstream returned, except its end.
-    Polled(Poll<T>),
-    /// The upstream ended, and has been dropped: the shared state is to
-    /// record its end.
-    Ended,
+    Polled(Poll<S::Item>),
+    /// The upstream ended: the shared state is to record its end before
+    /// the upstream is dropped, so that a panicking `Drop` does not leave it
+    /// recorded as taken (which reads as a panic of its `poll_next`).
+    Ended(Pin<Box<S>>),
 }
 
 impl<S: Stream> Default for Solo<S> {
@@ -80,9 +81,9 @@ impl<S: Stream> Solo<S> {
     }
 
     /// Polls the upstream directly with the branch's own waker, if the
-    /// branch holds it. On its end, the upstream is dropped here.
+    /// branch holds it. On its end, the upstream is handed back.
     #[inline]
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> SoloPoll<S::Item> {
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> SoloPoll<S> {
         let Some(mut upstream) = self.upstream.take() else {
             return SoloPoll::NotAlone;
         };
@@ -103,8 +104,7 @@ impl<S: Stream> Solo<S> {
             }
             Poll::Ready(None) => {
                 self.parked = None;
-                drop(upstream);
-                SoloPoll::Ended
+                SoloPoll::Ended(upstream)
             }
         }
     }

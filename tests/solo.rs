@@ -836,3 +836,38 @@ fn debug_of_a_lone_branch_shows_its_position() {
     assert!(poll_once(&mut lossy).is_ready());
     assert!(format!("{lossy:?}").contains("position: 8"), "{lossy:?}");
 }
+
+/// An upstream whose `Drop` panics (unless a panic is already unwinding).
+struct PanicsOnDrop<S>(S);
+
+impl<S> Drop for PanicsOnDrop<S> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("upstream drop boom");
+        }
+    }
+}
+
+impl<S: Stream + Unpin> Stream for PanicsOnDrop<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        Pin::new(&mut self.0).poll_next(cx)
+    }
+}
+
+/// The upstream of a lone branch ends, and its `Drop` panics: the branch
+/// gets that panic, but the end is recorded first, so the branch then ends
+/// normally, as on the shared path, and so does a fork.
+#[test]
+fn a_panicking_upstream_drop_after_the_end_still_ends_a_lone_branch() {
+    let mut a = one(PanicsOnDrop(stream::iter(0..2u32)).fanout(1, 4));
+    assert_eq!(poll_once(&mut a), Poll::Ready(Some(0)));
+    assert_eq!(poll_once(&mut a), Poll::Ready(Some(1)));
+    let dropped = catch_unwind(AssertUnwindSafe(|| poll_once(&mut a))).map_err(panic_message);
+    assert_eq!(dropped, Err("upstream drop boom".to_string()));
+    assert!(a.stats().upstream_done, "the upstream returned None");
+    let mut fork = a.clone();
+    assert_eq!(poll_once(&mut a), Poll::Ready(None));
+    assert_eq!(poll_once(&mut fork), Poll::Ready(None));
+}

@@ -1000,3 +1000,48 @@ fn snapshots_clone_and_compare() {
     assert_ne!(changed, stats);
     assert_ne!(format!("{changed:?}"), "");
 }
+
+/// An item whose next `Clone` panics once [`CLONE_BOOM`] is set.
+#[derive(Debug, PartialEq)]
+struct FragileClone(u32);
+
+/// Makes the next clone of a [`FragileClone`] panic; only the test below
+/// sets it.
+static CLONE_BOOM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Clone for FragileClone {
+    fn clone(&self) -> Self {
+        if CLONE_BOOM.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("clone boom");
+        }
+        Self(self.0)
+    }
+}
+
+/// The poller's batch fills the buffer, and its clone of the first item
+/// panics: the branches at the oldest position hold the full buffer all the
+/// same, and their stall is counted from then on.
+#[test]
+fn a_panicking_clone_in_the_pollers_read_does_not_skip_the_others_stalls() {
+    let [mut a, b, c]: [_; 3] = futures::stream::iter((0..4).map(FragileClone))
+        .fanout(3, 2)
+        .try_into()
+        .ok()
+        .unwrap();
+    CLONE_BOOM.store(true, std::sync::atomic::Ordering::SeqCst);
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_once(&mut a)));
+    assert!(polled.is_err(), "the clone panicked");
+    assert_eq!(a.stats().buffered, 2, "the batch is buffered");
+    assert_eq!(poll_once(&mut a), Poll::Ready(Some(FragileClone(0))));
+    assert_eq!(poll_once(&mut a), Poll::Ready(Some(FragileClone(1))));
+    assert!(poll_once(&mut a).is_pending(), "full");
+    pause();
+    let stats = a.stats();
+    for held in [&b, &c] {
+        assert!(
+            entry(&stats, held.id()).stalled_upstream > Duration::ZERO,
+            "branch {} holds the full buffer: {stats:?}",
+            held.id()
+        );
+    }
+}
