@@ -95,8 +95,12 @@ impl<S: Stream> Branch<S> {
     }
 
     /// Polls for the next item, or, for a lossy branch, the next report of
-    /// missed items.
-    pub(crate) fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery<S::Item>>>
+    /// missed items, as `D` yields them.
+    #[inline]
+    pub(crate) fn poll_delivery<D: Delivery<S::Item>>(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<D::Output>>
     where
         S::Item: Clone,
     {
@@ -105,14 +109,26 @@ impl<S: Stream> Branch<S> {
         }
         let solo = get_mut(&mut self.solo);
         let polled = if solo.is_alone() {
-            self.shared.poll_solo(self.key, solo, cx)
+            self.shared.poll_solo::<D>(self.key, solo, cx)
         } else {
-            self.shared.poll_next(self.key, solo, cx)
+            self.poll_shared::<D>(cx)
         };
         if let Poll::Ready(None) = polled {
             self.terminated = true;
         }
         polled
+    }
+
+    /// Polls the shared buffer (or the upstream through it). Out of line, so
+    /// that the lone-branch path above stays small enough to be inlined into
+    /// the consumer's loop.
+    #[inline(never)]
+    fn poll_shared<D: Delivery<S::Item>>(&mut self, cx: &mut Context<'_>) -> Poll<Option<D::Output>>
+    where
+        S::Item: Clone,
+    {
+        self.shared
+            .poll_next::<D>(self.key, get_mut(&mut self.solo), cx)
     }
 
     /// The bounds on the items this branch has still to yield, and whether
@@ -244,18 +260,25 @@ where
     type Item = S::Item;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
-        self.get_mut().poll_delivery(cx).map(|delivery| {
-            delivery.map(|delivery| match delivery {
-                Delivery::Item(item) => item,
-                Delivery::Missed(_) => {
-                    unreachable!("a branch with backpressure never misses items")
-                }
-            })
-        })
+        self.get_mut().poll_delivery::<Self>(cx)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.remaining().0
+    }
+}
+
+/// A branch with backpressure yields the items themselves.
+impl<S: Stream> Delivery<S::Item> for Branch<S> {
+    type Output = S::Item;
+
+    #[inline]
+    fn item(item: S::Item) -> S::Item {
+        item
+    }
+
+    fn missed(_: u64) -> S::Item {
+        unreachable!("a branch with backpressure never misses items")
     }
 }
 

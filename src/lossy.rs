@@ -128,12 +128,7 @@ where
     type Item = Result<S::Item, Lagged>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().branch.poll_delivery(cx).map(|delivery| {
-            delivery.map(|delivery| match delivery {
-                Delivery::Item(item) => Ok(item),
-                Delivery::Missed(missed) => Err(Lagged(missed)),
-            })
-        })
+        self.get_mut().branch.poll_delivery::<Self>(cx)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -145,6 +140,21 @@ where
             usize::from(lower > 0 || gap_to_report),
             upper.and_then(|upper| upper.checked_add(pending)),
         )
+    }
+}
+
+/// A lossy branch yields each item as `Ok`, and each gap as
+/// `Err(Lagged(missed))`.
+impl<S: Stream> Delivery<S::Item> for Lossy<S> {
+    type Output = Result<S::Item, Lagged>;
+
+    #[inline]
+    fn item(item: S::Item) -> Self::Output {
+        Ok(item)
+    }
+
+    fn missed(missed: u64) -> Self::Output {
+        Err(Lagged(missed))
     }
 }
 
