@@ -83,15 +83,7 @@ impl<S: Stream> Branch<S> {
 
     /// The position of the next item this branch yields.
     fn position(&self) -> u64 {
-        self.record_solo();
-        self.shared.position(self.key)
-    }
-
-    /// Records in the shared state the items this branch has yielded
-    /// straight from the upstream, if it is the only live one, before a
-    /// method reads the shared state for it.
-    fn record_solo(&self) {
-        self.shared.record_solo(self.key, &mut lock(&self.solo));
+        self.shared.position(self.key, &mut lock(&self.solo))
     }
 
     /// Polls for the next item, or, for a lossy branch, the next report of
@@ -160,8 +152,7 @@ impl<S: Stream> Branch<S> {
     /// });
     /// ```
     pub fn lag(&self) -> usize {
-        self.record_solo();
-        self.shared.lag(self.key)
+        self.shared.lag(self.key, &mut lock(&self.solo))
     }
 
     /// Returns this branch's id: unique among the branches of its fanout
@@ -203,8 +194,7 @@ impl<S: Stream> Branch<S> {
     /// assert_eq!(stats.slowest().unwrap().id, slow.id());
     /// ```
     pub fn stats(&self) -> Stats {
-        self.record_solo();
-        self.shared.stats()
+        self.shared.stats(self.key, &mut lock(&self.solo))
     }
 
     /// Turns this branch into a [`Lossy`] one, which never holds the other

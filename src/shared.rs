@@ -224,6 +224,18 @@ impl<S: Stream> Shared<S> {
         Locked(Some(lock(&self.state)))
     }
 
+    /// Locks the state for branch `key`, whose lone-branch state is `solo`,
+    /// after recording the items it has yielded straight from the upstream
+    /// (see [`Solo`]), so that every read of its position sees them. The
+    /// count, with the upstream's `size_hint`, is taken before the lock:
+    /// `size_hint` is the upstream's code.
+    fn lock_recorded(&self, key: usize, solo: &mut Solo<S>) -> Locked<'_, S> {
+        let unrecorded = solo.take_unrecorded();
+        let mut state = self.lock_state();
+        state.record_solo(key, unrecorded);
+        state
+    }
+
     /// Registers a new branch where branch `key` is, lossy if it is; returns
     /// the new branch's key and id.
     ///
@@ -233,9 +245,7 @@ impl<S: Stream> Shared<S> {
     /// caller to wake once it holds no lock: the upstream may know only that
     /// waker, and the fork may poll it first, with the fanout's.
     pub(crate) fn fork(&self, key: usize, solo: &mut Solo<S>) -> (usize, usize, Option<Waker>) {
-        let unrecorded = solo.take_unrecorded();
-        let mut state = self.lock_state();
-        state.record_solo(key, unrecorded);
+        let mut state = self.lock_recorded(key, solo);
         let parked = solo.give_back().and_then(|(upstream, parked)| {
             state.upstream = Upstream::Idle(upstream);
             parked
@@ -284,23 +294,23 @@ impl<S: Stream> Shared<S> {
         state.wake_if_room_can_be_made();
     }
 
-    /// The position of the next item branch `key` yields.
-    pub(crate) fn position(&self, key: usize) -> u64 {
-        self.lock_state().branches.get(key).position
+    /// The position of the next item branch `key`, whose lone-branch state
+    /// is `solo`, yields.
+    pub(crate) fn position(&self, key: usize, solo: &mut Solo<S>) -> u64 {
+        self.lock_recorded(key, solo).branches.get(key).position
     }
 
-    /// The number of buffered items branch `key` has not read.
-    pub(crate) fn lag(&self, key: usize) -> usize {
-        let state = self.lock_state();
+    /// The number of buffered items branch `key`, whose lone-branch state is
+    /// `solo`, has not read.
+    pub(crate) fn lag(&self, key: usize, solo: &mut Solo<S>) -> usize {
+        let state = self.lock_recorded(key, solo);
         state.buffered_from(state.branches.get(key).position)
     }
 
     /// The bounds on the items branch `key`, whose lone-branch state is
     /// `solo`, has still to yield, and whether it has a gap to report first.
     pub(crate) fn size_hint(&self, key: usize, solo: &mut Solo<S>) -> (SizeHint, bool) {
-        let unrecorded = solo.take_unrecorded();
-        let mut state = self.lock_state();
-        state.record_solo(key, unrecorded);
+        let state = self.lock_recorded(key, solo);
         let record = state.branches.get(key);
         let buffered = state.buffered_from(record.position);
         let (lower, upper) = match state.upstream {
@@ -316,10 +326,11 @@ impl<S: Stream> Shared<S> {
         (hint, record.unreported_missed > 0)
     }
 
-    /// A snapshot of the fanout's statistics.
-    pub(crate) fn stats(&self) -> Stats {
+    /// A snapshot of the fanout's statistics, taken by branch `key`, whose
+    /// lone-branch state is `solo`.
+    pub(crate) fn stats(&self, key: usize, solo: &mut Solo<S>) -> Stats {
         let now = Instant::now();
-        let state = self.lock_state();
+        let state = self.lock_recorded(key, solo);
         let end = state.pulled();
         let mut branches: Vec<_> = state
             .branches
@@ -335,25 +346,6 @@ impl<S: Stream> Shared<S> {
             upstream_done: matches!(state.upstream, Upstream::Done),
             branches,
         }
-    }
-}
-
-impl<S: Stream> Shared<S> {
-    /// Records the items lone branch `key` has yielded straight from the
-    /// upstream since it last did, and the upstream's `size_hint`.
-    pub(crate) fn record_solo(&self, key: usize, solo: &mut Solo<S>) {
-        if solo.is_alone() || solo.has_unrecorded() {
-            let unrecorded = solo.take_unrecorded();
-            self.lock_state().record_solo(key, unrecorded);
-        }
-    }
-
-    /// Records that the upstream of lone branch `key` has ended.
-    fn end_solo(&self, key: usize, solo: &mut Solo<S>) {
-        let unrecorded = solo.take_unrecorded();
-        let mut state = self.lock_state();
-        state.record_solo(key, unrecorded);
-        state.upstream = Upstream::Done;
     }
 }
 
@@ -374,7 +366,7 @@ where
         match solo.poll(cx) {
             SoloPoll::Polled(polled) => polled.map(|item| Some(D::item(item))),
             SoloPoll::Ended(upstream) => {
-                self.end_solo(key, solo);
+                self.lock_recorded(key, solo).upstream = Upstream::Done;
                 drop(upstream);
                 Poll::Ready(None)
             }
@@ -723,18 +715,15 @@ impl<S: Stream> UpstreamPoll<'_, S> {
         let upstream = self.upstream.as_mut().expect("polled once");
         self.started = true;
         let mut cx = Context::from_waker(waker);
-        match upstream.as_mut().poll_next(&mut cx) {
-            Poll::Ready(Some(item)) => self.batch.push(item),
-            Poll::Ready(None) => return BatchEnd::End,
-            Poll::Pending => return BatchEnd::Pending(upstream.size_hint()),
+        let batch = &mut self.batch;
+        if let Some(end) = pull_one(upstream, &mut cx, batch) {
+            return end;
         }
-        let (batch, limit) = (&mut self.batch, self.limit);
+        let limit = self.limit;
         let rest = catch_unwind(AssertUnwindSafe(|| {
             while batch.len() < limit {
-                match upstream.as_mut().poll_next(&mut cx) {
-                    Poll::Ready(Some(item)) => batch.push(item),
-                    Poll::Ready(None) => return BatchEnd::End,
-                    Poll::Pending => return BatchEnd::Pending(upstream.size_hint()),
+                if let Some(end) = pull_one(upstream, &mut cx, batch) {
+                    return end;
                 }
             }
             BatchEnd::Limit(upstream.size_hint())
@@ -745,6 +734,23 @@ impl<S: Stream> UpstreamPoll<'_, S> {
     fn finish(mut self) -> (Pin<Box<S>>, Vec<S::Item>) {
         let upstream = self.upstream.take().expect("finished once");
         (upstream, std::mem::take(&mut self.batch))
+    }
+}
+
+/// Polls `upstream` once: pushes the item it yields onto `batch`, or
+/// returns why the batch ends there.
+fn pull_one<S: Stream>(
+    upstream: &mut Pin<Box<S>>,
+    cx: &mut Context<'_>,
+    batch: &mut Vec<S::Item>,
+) -> Option<BatchEnd> {
+    match upstream.as_mut().poll_next(cx) {
+        Poll::Ready(Some(item)) => {
+            batch.push(item);
+            None
+        }
+        Poll::Ready(None) => Some(BatchEnd::End),
+        Poll::Pending => Some(BatchEnd::Pending(upstream.size_hint())),
     }
 }
 

@@ -69,12 +69,6 @@ impl<S: Stream> Solo<S> {
         self.upstream.is_some()
     }
 
-    /// Whether items yielded straight from the upstream wait to be recorded.
-    #[inline]
-    pub(crate) fn has_unrecorded(&self) -> bool {
-        self.unrecorded > 0
-    }
-
     /// Takes over `upstream`, which the shared state has marked as taken.
     pub(crate) fn take_over(&mut self, upstream: Pin<Box<S>>) {
         self.upstream = Some(upstream);
