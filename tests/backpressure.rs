@@ -15,7 +15,7 @@ use futures::StreamExt;
 use tokio_test::task::{spawn, Spawn};
 use tokio_test::{assert_pending, assert_ready_eq};
 
-use support::{poll_once, CountingPolls, PollCounts, Progress, Rng};
+use support::{batch_limit, poll_once, CountingPolls, PollCounts, Progress, Rng};
 
 type Counted = CountingPolls<stream::Iter<std::ops::Range<u64>>>;
 
@@ -186,10 +186,6 @@ fn middle_branch_reading_does_not_free_room() {
     assert_eq!(counts.polls(), 3);
 }
 
-/// The most items one poll of a branch pulls from the upstream, however much
-/// room the buffer has.
-const MAX_BATCH: usize = 32;
-
 /// What the upstream of [`counted`] has done, as the batching rule predicts
 /// it: a branch at the end of a buffer with room pulls a batch of
 /// `min(room, MAX_BATCH)` items, fewer if the upstream ends first, in which
@@ -223,13 +219,7 @@ impl UpstreamModel {
         if room == 0 {
             return Poll::Pending;
         }
-        // A lone branch with nothing buffered polls the upstream straight,
-        // one item per poll.
-        let limit = if n == 1 && room == cap {
-            1
-        } else {
-            room.min(MAX_BATCH) as u64
-        };
+        let limit = batch_limit(n, cap, cap - room) as u64;
         let pulled = limit.min(len - self.yielded);
         self.yielded += pulled;
         self.polls += pulled as usize;

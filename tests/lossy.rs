@@ -16,8 +16,8 @@ use futures::channel::mpsc;
 use futures::stream::{self, FusedStream, Stream};
 
 use support::{
-    counted, entry, poll_once, poll_with, CountedUpstream, CountingPolls, Rng, Tracked, Tracker,
-    WakeFlag,
+    batch_limit, counted, entry, poll_once, poll_with, CountedUpstream, CountingPolls, Rng,
+    Tracked, Tracker, WakeFlag,
 };
 
 /// Polls `branch` once and expects item `expected`.
@@ -733,10 +733,6 @@ struct ModelBranch {
     unreported: u64,
 }
 
-/// The most items one poll of a branch pulls from the upstream (the
-/// documented batch limit).
-const MAX_BATCH: usize = 32;
-
 /// The reference model of a fanout over an upstream of `len` items that
 /// never returns `Pending`, written from the documented rules.
 #[derive(Debug)]
@@ -825,11 +821,7 @@ impl Model {
         // A lone branch with nothing buffered polls the upstream straight,
         // one item per poll, and buffers nothing.
         let alone = self.branches.len() == 1 && self.buffered() == 0;
-        let limit = if alone {
-            1
-        } else {
-            (self.cap - self.buffered()).min(MAX_BATCH)
-        };
+        let limit = batch_limit(self.branches.len(), self.cap, self.buffered());
         let batch = limit.min((self.len - self.pulled) as usize);
         self.polls += batch;
         if batch < limit {

@@ -37,7 +37,7 @@ use fanout::{Branch, Lagged, Lossy, StreamExt as _};
 use futures::task::{waker, ArcWake};
 use futures::Stream;
 use proptest::prelude::*;
-use support::{Tracked, Tracker};
+use support::{batch_limit, Tracked, Tracker};
 
 /// One step of a program. Branch operands are reduced modulo the number of
 /// live branches.
@@ -192,11 +192,6 @@ impl Handle {
     }
 }
 
-/// The most items one poll of a branch pulls from the upstream (documented
-/// on `fanout`). It never binds at the capacities tried here, which are
-/// smaller.
-const MAX_BATCH: u64 = 32;
-
 /// The reference: positions and the capacity rule, nothing else.
 struct Model {
     cap: u64,
@@ -272,12 +267,11 @@ impl Model {
             // more in the same batch, and ends there if it is closed. A lone
             // branch with nothing buffered takes one item straight from the
             // upstream instead.
-            let alone = self.branches.len() == 1 && self.buffered() == 0;
-            let limit = if alone {
-                1
-            } else {
-                (self.cap - self.buffered()).min(MAX_BATCH)
-            };
+            let limit = batch_limit(
+                self.branches.len(),
+                self.cap as usize,
+                self.buffered() as usize,
+            ) as u64;
             let batch = limit.min(self.offered - self.pulled);
             if batch < limit && self.closed {
                 self.ended = true;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use fanout::{Branch, Stats, StreamExt as _};
 use futures::channel::mpsc;
 
-use support::{counted, entry, poll_once, CountingPolls, PollCounts};
+use support::{batch_limit, counted, entry, poll_once, CountingPolls, PollCounts};
 
 /// The ids of the entries, in their order.
 fn ids(stats: &Stats) -> Vec<usize> {
@@ -47,10 +47,6 @@ where
 {
     assert_eq!(poll_once(branch), Poll::Ready(Some(expected)));
 }
-
-/// The most items one poll of a branch pulls from the upstream (the
-/// documented batch limit).
-const MAX_BATCH: usize = 32;
 
 /// The upstream of [`fed`]: a channel, counting its polls.
 type FedUpstream = CountingPolls<mpsc::UnboundedReceiver<u64>>;
@@ -148,11 +144,7 @@ impl Expected {
         // A lone branch with nothing buffered polls the upstream straight,
         // one item per poll, and buffers nothing.
         let alone = self.read.len() == 1 && self.buffered() == 0;
-        let limit = if alone {
-            1
-        } else {
-            (self.cap - self.buffered()).min(MAX_BATCH)
-        };
+        let limit = batch_limit(self.read.len(), self.cap, self.buffered());
         let batch = limit.min((self.len - self.pulled) as usize);
         self.polls += batch;
         if batch < limit {

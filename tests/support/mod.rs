@@ -551,3 +551,20 @@ pub fn panicking_upstream(
     let (upstream, dropped) = DropFlag::new(counting);
     (upstream, counts, dropped)
 }
+
+/// The most items one poll of a branch pulls from the upstream (documented
+/// on `fanout`).
+pub const MAX_BATCH: usize = 32;
+
+/// How many items one poll of a branch at the end of the buffer asks the
+/// upstream for, by the documented rule: as many as the buffer has room for,
+/// at most [`MAX_BATCH`]; but one, straight from the upstream, for a lone
+/// branch with nothing buffered. (Fewer if the upstream returns `Pending` or
+/// ends first.)
+pub fn batch_limit(live_branches: usize, cap: usize, buffered: usize) -> usize {
+    if live_branches == 1 && buffered == 0 {
+        1
+    } else {
+        (cap - buffered).min(MAX_BATCH)
+    }
+}
