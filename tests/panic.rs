@@ -52,6 +52,21 @@ fn try_poll<S: Stream + Unpin>(
     .map_err(panic_message)
 }
 
+/// Polls a branch of tracked items from `task` and expects it to yield
+/// `values`, in order, without panicking.
+fn expect_values<S>(task: &mut Spawn<()>, branch: &mut Branch<S>, values: std::ops::Range<u64>)
+where
+    S: Stream<Item = Tracked>,
+{
+    for value in values {
+        assert_eq!(
+            try_next_value(task, branch),
+            Ok(Poll::Ready(Some(value))),
+            "item {value}"
+        );
+    }
+}
+
 /// Polls a branch of tracked items and returns the value it yields.
 fn try_next_value<S>(
     task: &mut Spawn<()>,
@@ -94,25 +109,14 @@ fn the_poller_gets_the_upstream_panic_and_the_others_drain_then_panic() {
         "the panicked upstream is dropped"
     );
     assert_eq!((a.lag(), b.lag(), c.lag()), (2, 3, 3));
-    for value in 1..3 {
-        assert_eq!(
-            try_next_value(&mut ta, &mut a),
-            Ok(Poll::Ready(Some(value)))
-        );
-    }
+    expect_values(&mut ta, &mut a, 1..3);
     let err =
         try_next_value(&mut ta, &mut a).expect_err("the upstream's panic must reach its poller");
     assert_eq!(err, BOOM, "the poller must get the upstream's own panic");
     assert_eq!(counts.polls(), 4);
 
     for (task, branch) in [(&mut tb, &mut b), (&mut tc, &mut c)] {
-        for value in 0..3 {
-            assert_eq!(
-                try_next_value(task, branch),
-                Ok(Poll::Ready(Some(value))),
-                "a branch must get every item buffered before the panic"
-            );
-        }
+        expect_values(task, branch, 0..3);
         let err =
             try_next_value(task, branch).expect_err("after the buffered items, the branch panics");
         assert_fanout_message(&err);
@@ -150,24 +154,14 @@ fn a_panic_after_a_batchs_first_item_reaches_the_first_branch_to_read_past_the_b
     assert!(dropped.load(Ordering::SeqCst));
     assert_eq!(tracker.live(), 2, "items 0 and 1 are buffered");
 
-    for value in 0..2 {
-        assert_eq!(
-            try_next_value(&mut tb, &mut b),
-            Ok(Poll::Ready(Some(value)))
-        );
-    }
+    expect_values(&mut tb, &mut b, 0..2);
     let err = try_next_value(&mut tb, &mut b)
         .expect_err("the first branch past the batch gets the held panic");
     assert_eq!(err, BOOM, "the held panic is the upstream's own");
 
     assert_eq!(try_next_value(&mut ta, &mut a), Ok(Poll::Ready(Some(1))));
     assert_fanout_message(&try_next_value(&mut ta, &mut a).unwrap_err());
-    for value in 0..2 {
-        assert_eq!(
-            try_next_value(&mut tc, &mut c),
-            Ok(Poll::Ready(Some(value)))
-        );
-    }
+    expect_values(&mut tc, &mut c, 0..2);
     assert_fanout_message(&try_next_value(&mut tc, &mut c).unwrap_err());
     assert_fanout_message(&try_next_value(&mut tb, &mut b).unwrap_err());
     assert_eq!(
@@ -209,29 +203,14 @@ fn lagging_branches_and_clones_read_everything_buffered_after_the_panic() {
     let (mut ta, mut tb, mut tc) = (spawn(()), spawn(()), spawn(()));
 
     assert_eq!(try_next_value(&mut tb, &mut b), Ok(Poll::Ready(Some(0))));
-    for value in 0..4 {
-        assert_eq!(
-            try_next_value(&mut ta, &mut a),
-            Ok(Poll::Ready(Some(value)))
-        );
-    }
+    expect_values(&mut ta, &mut a, 0..4);
     assert_eq!(try_next_value(&mut ta, &mut a).unwrap_err(), BOOM);
 
     assert_eq!(try_next_value(&mut tb, &mut b), Ok(Poll::Ready(Some(1))));
     let mut c = b.clone();
-    for value in 2..4 {
-        assert_eq!(
-            try_next_value(&mut tb, &mut b),
-            Ok(Poll::Ready(Some(value)))
-        );
-    }
+    expect_values(&mut tb, &mut b, 2..4);
     assert_fanout_message(&try_next_value(&mut tb, &mut b).unwrap_err());
-    for value in 2..4 {
-        assert_eq!(
-            try_next_value(&mut tc, &mut c),
-            Ok(Poll::Ready(Some(value)))
-        );
-    }
+    expect_values(&mut tc, &mut c, 2..4);
     assert_fanout_message(&try_next_value(&mut tc, &mut c).unwrap_err());
     assert_eq!(counts.polls(), 5);
     drop((a, b, c));
@@ -246,12 +225,7 @@ fn dropping_the_branches_after_the_panic_releases_everything() {
     let (upstream, _, dropped) = panicking_upstream(&tracker, 3, BOOM);
     let [mut a, b, c] = branches(upstream.fanout(3, 4));
     let mut ta = spawn(());
-    for value in 0..3 {
-        assert_eq!(
-            try_next_value(&mut ta, &mut a),
-            Ok(Poll::Ready(Some(value)))
-        );
-    }
+    expect_values(&mut ta, &mut a, 0..3);
     assert_eq!(try_next_value(&mut ta, &mut a).unwrap_err(), BOOM);
     assert!(dropped.load(Ordering::SeqCst));
     assert_eq!(tracker.live(), 3, "three items stay buffered for b and c");
