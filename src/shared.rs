@@ -396,21 +396,21 @@ where
             drop(state);
             return Poll::Ready(Some(D::item(item)));
         }
+        let alone = state.branches.len() == 1 && state.slots.is_empty();
         let replaced = match state.upstream {
             Upstream::Done => return Poll::Ready(None),
-            Upstream::Panicked(_) | Upstream::Solo => {
-                let payload = match state.upstream {
-                    Upstream::Panicked(ref mut payload) => payload.take(),
-                    _ => None,
-                };
+            Upstream::Panicked(ref mut payload) => {
+                let payload = payload.take();
                 drop(state);
-                if let Some(payload) = payload {
-                    resume_unwind(payload);
-                }
-                panic!("fanout: the upstream stream panicked while another branch polled it; every item it yielded before has been delivered to this branch");
+                upstream_panicked(payload)
+            }
+            // Taken by a lone branch that no longer holds it: it panicked.
+            Upstream::Solo => {
+                drop(state);
+                upstream_panicked(None)
             }
             Upstream::Polling => self.signal.park(key, cx.waker()),
-            Upstream::Idle(_) if state.branches.len() == 1 && state.slots.is_empty() => {
+            Upstream::Idle(_) if alone => {
                 solo.take_over(state.take_upstream(Upstream::Solo));
                 drop(state);
                 return self.poll_solo::<D>(key, solo, cx);
@@ -667,6 +667,17 @@ where
         }
         Some(item)
     }
+}
+
+/// Panics in a branch that has read everything the upstream yielded before
+/// it panicked: with the upstream's own `payload` if this branch is the
+/// first to get it (see [`Upstream::Panicked`]), else with a message that
+/// says what happened.
+fn upstream_panicked(payload: Option<PanicPayload>) -> ! {
+    if let Some(payload) = payload {
+        resume_unwind(payload);
+    }
+    panic!("fanout: the upstream stream panicked while another branch polled it; every item it yielded before has been delivered to this branch");
 }
 
 /// Why a poll of the upstream stopped pulling items.
