@@ -6,9 +6,9 @@ use std::task::{Context, Poll};
 
 use futures_core::stream::{FusedStream, Stream};
 
-use crate::shared::{Delivery, Shared};
-use crate::solo::Solo;
-use crate::sync::{get_mut, lock, Arc, Mutex};
+use crate::read_ahead::ReadAhead;
+use crate::shared::{Delivery, Pull, Shared};
+use crate::sync::Arc;
 use crate::{Lossy, Stats};
 
 /// Stream for the [`fanout`](crate::StreamExt::fanout) and
@@ -52,20 +52,18 @@ pub struct Branch<S: Stream> {
     id: usize,
     /// This branch has yielded `None`.
     terminated: bool,
-    /// The upstream, while this branch is the only live one and polls it
-    /// directly. Locked only by the methods that take `&self`; a poll owns
-    /// the branch and needs no lock.
-    solo: Mutex<Solo<S>>,
+    /// The items taken from the buffer, to yield before anything else.
+    ahead: ReadAhead<S::Item>,
 }
 
 impl<S: Stream> Branch<S> {
     /// Splits `upstream` into `branches` branches sharing a buffer of
-    /// `capacity` items. Polls nothing.
-    pub(crate) fn split(upstream: S, branches: usize, capacity: usize) -> Vec<Self> {
+    /// `capacity` items, pulled as `pull` says. Polls nothing.
+    pub(crate) fn split(upstream: S, branches: usize, capacity: usize, pull: Pull) -> Vec<Self> {
         if branches == 0 {
             return Vec::new();
         }
-        let shared = Arc::new(Shared::new(upstream, branches, capacity));
+        let shared = Arc::new(Shared::new(upstream, branches, capacity, pull));
         (0..branches)
             .map(|id| Self::new(Arc::clone(&shared), id, id, false))
             .collect()
@@ -77,13 +75,14 @@ impl<S: Stream> Branch<S> {
             key,
             id,
             terminated,
-            solo: Mutex::new(Solo::default()),
+            ahead: ReadAhead::default(),
         }
     }
 
     /// The position of the next item this branch yields.
     fn position(&self) -> u64 {
-        self.shared.position(self.key, &mut lock(&self.solo))
+        let ahead = self.ahead.lock();
+        self.shared.position(self.key, ahead.len())
     }
 
     /// Polls for the next item, or, for a lossy branch, the next report of
@@ -99,11 +98,14 @@ impl<S: Stream> Branch<S> {
         if self.terminated {
             return Poll::Ready(None);
         }
-        let solo = get_mut(&mut self.solo);
-        let polled = if solo.is_alone() {
-            self.shared.poll_solo::<D>(self.key, solo, cx)
-        } else {
-            self.poll_shared::<D>(cx)
+        let ahead = self.ahead.get_mut();
+        let polled = match ahead.len() {
+            0 => self.shared.poll_next::<D>(self.key, ahead, cx),
+            1 => Poll::Ready(Some(D::item(self.shared.take_last(self.key, ahead)))),
+            _ => {
+                let item = ahead.pop_front().expect("the read-ahead is not empty");
+                return Poll::Ready(Some(D::item(item)));
+            }
         };
         if let Poll::Ready(None) = polled {
             self.terminated = true;
@@ -111,30 +113,20 @@ impl<S: Stream> Branch<S> {
         polled
     }
 
-    /// Polls the shared buffer (or the upstream through it). Out of line, so
-    /// that the lone-branch path above stays small enough to be inlined into
-    /// the consumer's loop.
-    #[inline(never)]
-    fn poll_shared<D: Delivery<S::Item>>(&mut self, cx: &mut Context<'_>) -> Poll<Option<D::Output>>
-    where
-        S::Item: Clone,
-    {
-        self.shared
-            .poll_next::<D>(self.key, get_mut(&mut self.solo), cx)
-    }
-
     /// The bounds on the items this branch has still to yield, and whether
     /// it has a report of missed items to yield first.
     pub(crate) fn remaining(&self) -> ((usize, Option<usize>), bool) {
-        self.shared.size_hint(self.key, &mut lock(&self.solo))
+        let ahead = self.ahead.lock();
+        self.shared.size_hint(self.key, ahead.len())
     }
 
-    /// Returns the number of items buffered that this branch has not read
-    /// yet, at most [`capacity`](Branch::capacity).
+    /// Returns the number of items taken from the upstream that this branch
+    /// has not yielded yet, at most [`capacity`](Branch::capacity): those
+    /// still buffered for it, and those it has read ahead.
     ///
-    /// The branch that polls the upstream pulls as many items as the buffer
-    /// has room for, up to 32, so the count includes items that no branch
-    /// has read yet.
+    /// The branch that polls the upstream may pull several items ahead, up
+    /// to a share of the free room, so the count can include items that no
+    /// branch has yielded yet.
     ///
     /// # Examples
     ///
@@ -144,15 +136,15 @@ impl<S: Stream> Branch<S> {
     ///
     /// block_on(async {
     ///     let (mut fast, slow) = stream::iter(1..=10).tee(4);
-    ///     // Pulls 1..=4, all the room there is, and yields 1.
     ///     assert_eq!(fast.next().await, Some(1));
-    ///     assert_eq!(fast.next().await, Some(2));
-    ///     assert_eq!(fast.lag(), 2);
-    ///     assert_eq!(slow.lag(), 4);
+    ///     // `slow` has yielded nothing of what `fast`'s poll pulled.
+    ///     assert_eq!(slow.lag(), fast.lag() + 1);
+    ///     assert!(slow.lag() <= slow.capacity());
     /// });
     /// ```
     pub fn lag(&self) -> usize {
-        self.shared.lag(self.key, &mut lock(&self.solo))
+        let ahead = self.ahead.lock();
+        self.shared.lag(self.key, ahead.len())
     }
 
     /// Returns this branch's id: unique among the branches of its fanout
@@ -194,13 +186,17 @@ impl<S: Stream> Branch<S> {
     /// assert_eq!(stats.slowest().unwrap().id, slow.id());
     /// ```
     pub fn stats(&self) -> Stats {
-        self.shared.stats(self.key, &mut lock(&self.solo))
+        let ahead = self.ahead.lock();
+        self.shared.stats(self.key, ahead.len())
     }
 
     /// Turns this branch into a [`Lossy`] one, which never holds the other
     /// branches back: when the buffer is full and only lossy branches are at
     /// its oldest item, they give that item up, and later report how many
     /// items they missed as an `Err(Lagged(k))`.
+    ///
+    /// Items this branch has already read ahead are its own: it yields them
+    /// first, and from then on reads one item at a time.
     ///
     /// # Examples
     ///
@@ -220,8 +216,9 @@ impl<S: Stream> Branch<S> {
     ///     assert_eq!(dashboard.next().await, Some(Ok(6)));
     /// });
     /// ```
-    pub fn into_lossy(self) -> Lossy<S> {
-        self.shared.make_lossy(self.key);
+    pub fn into_lossy(mut self) -> Lossy<S> {
+        let ahead = self.ahead.get_mut().len();
+        self.shared.make_lossy(self.key, ahead);
         Lossy::new(self)
     }
 
@@ -241,6 +238,10 @@ impl<S: Stream> Branch<S> {
         self.shared.capacity()
     }
 }
+
+/// The items of the read-ahead are never pinned, so a branch is `Unpin`
+/// whatever they are.
+impl<S: Stream> Unpin for Branch<S> {}
 
 impl<S> Stream for Branch<S>
 where
@@ -282,23 +283,28 @@ where
     }
 }
 
-impl<S: Stream> Clone for Branch<S> {
+impl<S> Clone for Branch<S>
+where
+    S: Stream,
+    S::Item: Clone,
+{
     /// Forks the branch: the clone starts at this branch's position, yields
     /// the same remaining items, and from now on holds the buffer like any
-    /// other branch.
+    /// other branch. It gets a clone of what this branch has read ahead,
+    /// counted against the capacity, even beyond it if there is no room:
+    /// then the fanout holds at most a quarter of the capacity more until
+    /// the branches have yielded those items.
     fn clone(&self) -> Self {
-        let (key, id, parked) = self.shared.fork(self.key, &mut lock(&self.solo));
-        let fork = Self::new(Arc::clone(&self.shared), key, id, self.terminated);
-        if let Some(parked) = parked {
-            parked.wake();
-        }
+        let (key, id, ahead) = self.shared.fork(self.key, &self.ahead.lock());
+        let mut fork = Self::new(Arc::clone(&self.shared), key, id, self.terminated);
+        *fork.ahead.get_mut() = ahead;
         fork
     }
 }
 
 impl<S: Stream> Drop for Branch<S> {
     fn drop(&mut self) {
-        self.shared.release(self.key);
+        self.shared.release(self.key, self.ahead.take());
     }
 }
 
@@ -307,6 +313,7 @@ impl<S: Stream> fmt::Debug for Branch<S> {
         f.debug_struct("Branch")
             .field("id", &self.id)
             .field("position", &self.position())
+            .field("read_ahead", &self.ahead.lock().len())
             .field("capacity", &self.capacity())
             .field("terminated", &self.terminated)
             .finish_non_exhaustive()

@@ -35,31 +35,46 @@
 //!   branches, and held until every branch has read it. The branch that reads
 //!   it last takes it by move; the others get clones, so an item is cloned at
 //!   most `n - 1` times (wrap costly items in an `Arc`).
-//! - **Who waits for whom.** At most `cap` items are buffered. A branch that
-//!   is `cap` items ahead of the slowest branch returns `Pending` until the
-//!   slowest one reads an item (or is dropped), and until then the upstream
-//!   is not polled. So the upstream is never polled more than `cap` items
-//!   past what the slowest branch has read. [`Branch::lag`] tells how far
-//!   behind a branch is.
+//! - **Who waits for whom.** At most `cap` items are alive inside the
+//!   fanout at any moment: those buffered, those the branches have read
+//!   ahead (below), and those being dropped. A branch that is `cap` items
+//!   ahead of the slowest branch returns `Pending` until the slowest one
+//!   yields (or is dropped), and until then the upstream is not polled. So
+//!   the upstream is never polled more than `cap` items past what the
+//!   slowest branch has yielded, and no branch yields more than `cap` items
+//!   ahead of it. [`Branch::lag`] tells how far behind a branch is.
+//! - **Batches.** A branch takes the items buffered for it several at a time
+//!   under one lock into a small read-ahead of its own, and yields them from
+//!   there without the lock; the branch that needs a new item polls the
+//!   upstream again while it yields, up to a share of the free room, keeps a
+//!   share of the batch and leaves the rest buffered. The read-ahead counts
+//!   against `cap`, and its room is given back when the branch has yielded
+//!   it, so a fast branch may wait until the slowest branch has yielded its
+//!   read-ahead, not just one item. A branch that waits at the end of the
+//!   buffer is promised room for its share of the next batch, which it keeps
+//!   until it polls again. So a fast branch runs exactly `cap` items ahead of
+//!   the slowest branch when no other branch holds read-ahead or waits for
+//!   the next item, and otherwise up to `cap` minus what they hold (at most a
+//!   quarter of `cap` each). Batch sizes are an implementation detail.
 //! - **No task is spawned.** Whichever branch needs an item that nobody has
-//!   pulled yet polls the upstream itself. It pulls a batch: it polls again
-//!   while the upstream yields, up to the room in the buffer and at most 32
-//!   items, buffers them all and yields the first, so that the cost of the
-//!   shared buffer's lock is spread over the batch. A branch that is the
-//!   only one left, with nothing buffered, polls the upstream directly
-//!   instead, one item per poll and without any lock, until it is cloned.
-//!   Creating branches polls nothing.
+//!   pulled yet polls the upstream itself. Creating branches polls nothing.
 //!   The branches work on any executor, from one task (with `join` or
 //!   `select`) or from many tasks and threads. The upstream needs neither
 //!   `Unpin` nor [`FusedStream`](futures_core::FusedStream); it is never
 //!   polled again once it returned `None`, and is dropped then.
-//! - **Dropping a branch** detaches it at once: its unread items are
-//!   released, it never holds the others back again, and branches that were
-//!   waiting for room are woken. When the last branch is dropped, the
-//!   upstream and the buffered items are dropped.
+//! - **Dropping a branch** detaches it at once: its unread items and its
+//!   read-ahead are dropped, it never holds the others back again, and
+//!   branches that were waiting for room are woken once those items are
+//!   gone (never before: the room an item held is not reused while it is
+//!   alive). When the last branch is dropped, the upstream and the buffered
+//!   items are dropped.
 //! - **Cloning a branch** forks it: the clone starts where the original is,
 //!   yields the same remaining items, and from then on counts for
-//!   backpressure like any other branch.
+//!   backpressure like any other branch. It gets a clone of the original's
+//!   read-ahead, which counts against `cap` too; the one exception to the
+//!   memory bound is that these clones are made even when there is no room
+//!   for them, so a fork can add at most one batch (a quarter of `cap`) to
+//!   the items alive, until the branches have yielded them.
 //! - **No lost wake-ups.** The upstream is always polled with a waker of the
 //!   fanout's own, which wakes every branch waiting for the upstream, so a
 //!   waiting branch does not depend on the branch that polled last (it may
@@ -71,16 +86,24 @@
 //!   reads past them. The other branches still get every buffered item, then
 //!   panic with a message that says the upstream panicked; none of them
 //!   hangs.
-//! - **Cloning items.** An item is cloned while the fanout's internal lock
-//!   is held, so its `Clone` must not poll, clone or drop a branch of the
-//!   same fanout (that would deadlock), and should be cheap: wrap costly
-//!   items in an `Arc`. A `Clone` that panics propagates to the branch that
-//!   asked for the item and leaves the fanout as it was.
+//! - **Cloning and dropping items.** An item is cloned while the fanout's
+//!   internal lock is held, so its `Clone` must not touch a branch of the
+//!   same fanout at all (no poll, clone, drop, [`lag`](Branch::lag),
+//!   [`stats`](Branch::stats), `size_hint` or `Debug`: each takes that lock
+//!   and would deadlock), and should be cheap: wrap costly items in an
+//!   `Arc`. A `Clone` that panics propagates to the branch whose poll (or
+//!   fork) made the clone, and leaves the fanout consistent: no item is lost
+//!   or repeated, and what the poll took before the panic is kept. Items are
+//!   dropped with no lock held, so a `Drop` may use the fanout, except the
+//!   clones a fork had made when a `Clone` of it panicked, which are dropped
+//!   at once, under the lock (and are the only clones made in vain).
 //! - **Cancel safety.** A branch's `next()` future can be dropped without
-//!   losing an item: an item leaves the buffer only when it is returned.
+//!   losing an item: the items a branch has read ahead are its own, and an
+//!   item leaves the branch only when it is returned.
 //!
 //! A branch is `Send` and `Sync` when the upstream is `Send` and its items
-//! are `Send`, and it is always `Unpin`.
+//! are `Send`, and it is always `Unpin`. A branch can be read from a thread
+//! without an async runtime through `futures::executor::block_on_stream`.
 //!
 //! # Backpressure or lossy: choosing per branch
 //!
@@ -115,8 +138,8 @@
 //! mark, items pulled) and of every branch (lag, items delivered and missed,
 //! and [`stalled_upstream`](BranchStats::stalled_upstream), the time it held
 //! the upstream back). Counters are kept under the lock the fanout takes
-//! anyway, and the clock is read only when the buffer becomes full or stops
-//! being full, never per item.
+//! anyway, and the clock is read only when a branch starts or stops holding
+//! the upstream back, never per item.
 //!
 //! ```
 //! use fanout::StreamExt as _;
@@ -133,6 +156,25 @@
 //! println!("{stats}"); // a table, one line per branch
 //! ```
 //!
+//! # Without an async runtime
+//!
+//! [`blocking`] splits a plain [`Iterator`] the same way, into branches that
+//! are iterators, to be read on threads: same bounded buffer, and no thread
+//! spawned. A thread that waits parks until another one makes room or pulls
+//! the next item, and the iterator's `next` may block: every item it returns
+//! reaches the other branches before it is called again.
+//!
+//! ```
+//! use std::thread;
+//!
+//! let (count, sum) = fanout::blocking::tee(1..=100_000u64, 256);
+//! thread::scope(|s| {
+//!     let sum = s.spawn(move || sum.sum::<u64>());
+//!     assert_eq!(count.count(), 100_000);
+//!     assert_eq!(sum.join().unwrap(), 5_000_050_000);
+//! });
+//! ```
+//!
 //! # Correctness
 //!
 //! The wake-up and memory logic is checked, not hoped for; `.ci/run` runs
@@ -141,15 +183,16 @@
 //! - **loom models** (`tests/loom.rs`) explore every interleaving, up to two
 //!   preemptions, of two and three threads reading, waiting for room,
 //!   dropping and cloning branches while the upstream yields, waits and ends,
-//!   and forking a lone branch that waits on the upstream it polls directly.
+//!   and dropping, forking and cancelling branches that hold read-ahead.
 //!   Items are loom `Arc`s, so a leak fails the model as a lost wake-up
 //!   does. Run them with
 //!   `RUSTFLAGS="--cfg fanout_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom`.
 //! - **A model-based property test** (`tests/model.rs`, proptest) runs random
 //!   programs of polls, drops, clones and upstream events against a
-//!   reference model and checks, after every step, the items, the capacity
-//!   bound, the upstream's pulls, the live items, and that every branch that
-//!   can make progress was woken.
+//!   reference model (`tests/support/`) and checks, after every step, the
+//!   items, the memory bound with read-ahead, the upstream's pulls, the live
+//!   items and clones, and that every branch that can make progress was
+//!   woken.
 //! - **Stress tests** (`tests/stress.rs`) on a multi-thread tokio runtime and
 //!   on one OS thread per branch, with random yields and drops; a randomized
 //!   scheduler that polls only woken branches (`tests/schedule.rs`); and
@@ -197,14 +240,17 @@
 )]
 #![doc(test(attr(deny(warnings))))]
 
+pub mod blocking;
 mod branch;
 mod lossy;
+mod read_ahead;
 mod registry;
 mod shared;
-mod solo;
+mod stall;
 mod stats;
 mod stream_ext;
 mod sync;
+mod upstream;
 mod upstream_signal;
 mod waiters;
 

@@ -168,7 +168,11 @@ where
     }
 }
 
-impl<S: Stream> Clone for Lossy<S> {
+impl<S> Clone for Lossy<S>
+where
+    S: Stream,
+    S::Item: Clone,
+{
     /// Forks the branch into another lossy branch at the same position.
     fn clone(&self) -> Self {
         Self::new(self.branch.clone())

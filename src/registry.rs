@@ -1,8 +1,9 @@
-//! The live branches of a fanout: where each one is, what it has received,
-//! and how long it has held the upstream back.
+//! The live branches of a fanout: where each one is, what it has taken and
+//! holds ahead, and how long it has held the upstream back.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::stall::Stall;
 use crate::stats::BranchStats;
 
 /// One live branch, as the shared state sees it.
@@ -10,22 +11,29 @@ use crate::stats::BranchStats;
 pub(crate) struct BranchRecord {
     /// Unique within the fanout, never reused.
     pub(crate) id: usize,
-    /// The position of the next item this branch yields.
+    /// The position of the next item this branch takes from the buffer: the
+    /// items before it are yielded, or in its read-ahead.
     pub(crate) position: u64,
-    /// Items yielded so far.
-    pub(crate) delivered: u64,
+    /// Items taken from the buffer so far, read-ahead included.
+    pub(crate) taken: u64,
+    /// Items of its read-ahead counted against the capacity: exactly its
+    /// read-ahead when it last held the lock; at least what it holds now.
+    pub(crate) reserved: usize,
+    /// The room the branch holds for its read-ahead, `reserved` included:
+    /// what it took in its latest batch, or the share of a pushed batch
+    /// promised to it while it waited. Zero once it holds nothing.
+    pub(crate) allotment: usize,
+    /// Its latest poll returned `Pending`, and it has not been polled since:
+    /// it waits at the end of the buffer.
+    pub(crate) waiting: bool,
     /// The branch gives up items instead of holding the others back.
     pub(crate) lossy: bool,
     /// Items given up so far.
     pub(crate) missed: u64,
     /// Items given up since the branch last reported a gap.
     pub(crate) unreported_missed: u64,
-    /// Total time the branch held the upstream back, not counting the
-    /// current stall.
-    stalled: Duration,
-    /// `Some` while the buffer is full and this branch is at the oldest
-    /// position: since when.
-    stalled_since: Option<Instant>,
+    /// The time it held the upstream back.
+    pub(crate) stall: Stall,
 }
 
 impl BranchRecord {
@@ -33,61 +41,45 @@ impl BranchRecord {
         Self {
             id,
             position,
-            delivered: 0,
+            taken: 0,
+            reserved: 0,
+            allotment: 0,
+            waiting: false,
             lossy,
             missed: 0,
             unreported_missed: 0,
-            stalled: Duration::ZERO,
-            stalled_since: None,
+            stall: Stall::default(),
         }
     }
 
-    /// Moves past the item it has just yielded.
+    /// Moves past the `count` items it has just taken.
     #[inline]
-    pub(crate) fn deliver_next(&mut self) {
-        self.deliver(1);
+    pub(crate) fn take(&mut self, count: usize) {
+        self.position += count as u64;
+        self.taken += count as u64;
     }
 
-    /// Moves past `count` items it has yielded.
-    #[inline]
-    pub(crate) fn deliver(&mut self, count: u64) {
-        self.position += count;
-        self.delivered += count;
-    }
-
-    /// Moves past the next item without yielding it.
+    /// Moves past the next item without taking it.
     pub(crate) fn give_up_next(&mut self) {
         self.position += 1;
         self.missed += 1;
         self.unreported_missed += 1;
     }
 
-    /// Starts counting a stall, if not counting one already.
-    pub(crate) fn start_stall(&mut self, now: Instant) {
-        self.stalled_since.get_or_insert(now);
-    }
-
-    /// Stops counting the current stall, if any.
-    pub(crate) fn end_stall(&mut self, now: Instant) {
-        if let Some(since) = self.stalled_since.take() {
-            self.stalled += now.saturating_duration_since(since);
-        }
-    }
-
     /// A snapshot, with `buffered_end` the position after the newest
-    /// buffered item and `now` the time of the snapshot.
+    /// buffered item and `now` the time of the snapshot. Its read-ahead
+    /// counts as not yielded yet: exact for the branch that takes the
+    /// snapshot, which has just updated its reservation.
     pub(crate) fn stats(&self, buffered_end: u64, now: Instant) -> BranchStats {
-        let current_stall = self
-            .stalled_since
-            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+        let unread = usize::try_from(buffered_end - self.position)
+            .expect("a branch lags at most `capacity` items");
         BranchStats {
             id: self.id,
-            lag: usize::try_from(buffered_end - self.position)
-                .expect("a branch lags at most `capacity` items"),
-            delivered: self.delivered,
+            lag: unread + self.reserved,
+            delivered: self.taken - self.reserved as u64,
             lossy: self.lossy,
             missed: self.missed,
-            stalled_upstream: self.stalled + current_stall,
+            stalled_upstream: self.stall.total(now),
         }
     }
 }
@@ -116,11 +108,24 @@ impl Registry {
         }
     }
 
-    /// Registers a new branch at `position`; returns its key and id.
-    pub(crate) fn insert(&mut self, position: u64, lossy: bool) -> (usize, usize) {
-        let id = self.next_id;
+    /// Registers a fork of the branch under `key`: at its position, lossy if
+    /// it is. If `with_gap`, the gap the branch has still to report is the
+    /// fork's too. Returns the fork's key and id.
+    pub(crate) fn fork(&mut self, key: usize, with_gap: bool) -> (usize, usize) {
+        let source = self.get(key);
+        let mut record = BranchRecord::new(self.next_id, source.position, source.lossy);
+        if with_gap {
+            record.unreported_missed = source.unreported_missed;
+            record.missed = source.unreported_missed;
+        }
+        self.insert(record)
+    }
+
+    /// Registers `record`, whose id is `next_id`; returns its key and id.
+    fn insert(&mut self, record: BranchRecord) -> (usize, usize) {
+        let id = record.id;
         self.next_id = id.checked_add(1).expect("fanout: too many branches");
-        let record = Some(BranchRecord::new(id, position, lossy));
+        let record = Some(record);
         let key = match self.free.pop() {
             Some(key) => {
                 self.records[key] = record;

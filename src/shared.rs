@@ -4,107 +4,170 @@
 //!
 //! Items are numbered by *position*, 0 for the first item the upstream
 //! yields. Each branch's record in the [`Registry`] keeps the position of the
-//! next item it will read. The
-//! buffer holds the items from `head` (the oldest position some live branch
-//! has not read) up to `head + slots.len()` (the next position the upstream
-//! will yield), and each slot counts the live branches that have not read it
-//! yet.
+//! next item it takes. The buffer holds the items from `head` (the oldest
+//! position some live branch has not taken) up to `head + slots.len()` (the
+//! next position the upstream will yield), and each slot counts the live
+//! branches that have not taken it yet.
 //!
-//! A branch that polls does one of four things, all decided under the state
+//! A branch takes items in batches, under one lock, into its
+//! [`ReadAhead`](crate::read_ahead::ReadAhead),
+//! and yields them from there without the lock. Taking an item clones it,
+//! or, for the last branch to take it, moves it out of the buffer: the slot
+//! is then the oldest one (every other branch has passed it, and slots only
+//! get older towards the front), and it is popped.
+//!
+//! # The memory bound
+//!
+//! The *occupancy* counts every item alive inside the crate, and the room
+//! set aside for some: the buffered slots; each branch's *allotment*, which
+//! covers its *reservation* (its read-ahead, counted until it next takes the
+//! lock, which it does at the latest when it yields the last item of it)
+//! and room promised to it for its next batch; and the items freed under
+//! the lock and being dropped outside it. Invariant, whenever the lock is
+//! free: occupancy `<= capacity`.
+//!
+//! - A move into a read-ahead turns a slot into a reservation: no change.
+//! - A clone into a read-ahead is taken only within the branch's allotment
+//!   and half the free room ([`State::clone_budget`]); but the first item of
+//!   a poll that has nothing ahead is always taken: it is yielded at once,
+//!   without a reservation.
+//! - The upstream is polled only with free room, for at most that many
+//!   items ([`batch_limit`]); the poller keeps clones of them within half of
+//!   the room that is left, and the buffer gets the rest.
+//! - A branch keeps the allotment of its batch while it holds items, so
+//!   that its next batch is as large (it is never larger than what it held
+//!   plus one), and has none once it holds nothing. When a batch is pushed,
+//!   the lossless branches that wait at the end of the buffer are promised
+//!   room for a batch of clones ([`State::promise_room`]), until they poll:
+//!   so a poller running on leaves them room to read in batches too.
+//! - A fork gets a clone of its original's read-ahead, reserved like any
+//!   read-ahead: the one place where the occupancy may pass the capacity
+//!   (by that read-ahead, at most a batch), because the fork needs its own
+//!   copy and taking the original's back would cost it a second clone. Then
+//!   the occupancy does not grow until it is below the capacity again:
+//!   nobody pulls, and a branch clones ahead only within the allotment it
+//!   already has. A branch turned lossy keeps its read-ahead, yields it first, and
+//!   takes nothing ahead from then on.
+//! - Freed items (a dropped branch's read-ahead and the slots only it had
+//!   left to read, items that lossy branches give up) stay counted until
+//!   they are dropped ([`Freed`]): room is never reused before the item
+//!   that held it is gone.
+//!
+//! The slowest lossless branch has yielded at least its position minus its
+//! reservation, so the upstream is never polled more than `capacity` items
+//! past what it has yielded.
+//!
+//! # What a poll does
+//!
+//! A branch with two or more items ahead yields one, without the lock. With
+//! one left, it takes the lock, takes more if it can, and yields it; so it
+//! never keeps a reservation for items it has yielded. With none, under the
 //! lock:
 //!
-//! 1. Its item is buffered: it takes it. If it is the last branch to read
-//!    that slot, the slot is the oldest one (every other branch has passed
-//!    it, and slots only get older towards the front), so it pops the slot
-//!    and takes the item by move; otherwise it clones the item. Popping frees
-//!    room, so the branches waiting for room are woken.
-//! 2. It is at the end of the buffer and the buffer holds `capacity` items:
-//!    it waits for room. The slowest branch frees room when it reads the
-//!    oldest slot, or a dropped branch frees it by letting go of its slots.
-//!    If only lossy branches are at the oldest position, nobody waits: they
-//!    give up that slot (each counts one missed item and moves past it), and
-//!    the poller goes on as in case 4.
-//! 3. It is at the end and another branch is polling the upstream: it waits
-//!    for the upstream (see [`UpstreamSignal`]).
-//! 4. It is at the end and there is room: it takes the upstream out of the
-//!    state, releases the lock, and polls the upstream itself, with the
-//!    fanout's own waker. It polls again while the upstream yields and the
-//!    batch fits in the room it saw (and in [`MAX_BATCH`]), so that one lock
-//!    pushes many items: the room can only grow while it polls, because only
-//!    the poller pushes. The yielded items are pushed with one reader per
-//!    live branch and the first is read at once by the poller; the end of
-//!    the upstream is recorded; either way the branches waiting for the
-//!    upstream are woken. If the upstream returned `Pending` before yielding
-//!    anything, the poller waits for it like case 3.
+//! 1. A buffered item for it: it takes a batch, and yields the first.
+//! 2. At the end of the buffer, the upstream being polled by another
+//!    branch: it waits for the upstream (see [`UpstreamSignal`]).
+//! 3. At the end, with free room: it takes the upstream out of the state,
+//!    releases the lock, and polls it itself, with the fanout's own waker,
+//!    for a batch ([`UpstreamPoll`]), straight into its read-ahead. Under the
+//!    lock again, it keeps the items it has room for, and the buffer gets a
+//!    clone of each for the other branches, and the items it does not keep
+//!    ([`State::push_pulled`]); alone, it keeps them all and the buffer gets
+//!    nothing. If the upstream returned `Pending` before yielding anything,
+//!    the poller waits for it like case 2.
+//! 4. At the end of a full buffer whose oldest slot only lossy branches
+//!    hold: they give it up (each counts one missed item and moves past it),
+//!    and the poll starts again once the item is dropped.
+//! 5. At the end of a full buffer otherwise: it waits for room.
 //!
-//!    If it is the only live branch and nothing is buffered, it takes the
-//!    upstream for good instead, and polls it directly from then on, with
-//!    no lock and no buffer, until it forks (see [`Solo`]).
+//! So the upstream is polled by one branch at a time, and never with a lock
+//! held: it may wake its waker, and so any branch, from inside `poll_next`.
 //!
-//! So the upstream is polled by one branch at a time, never for more items
-//! than the buffer has room for, and never with a lock held: it may wake its waker, and so any
-//! branch, from inside `poll_next`. If it panics, the items it yielded before
-//! are buffered, the upstream is marked as panicked, dropped, and every
-//! waiting branch is woken: the branches still read what is buffered, then
-//! panic with a message that says why.
+//! # Wake-ups: who is woken, and by whom
 //!
-//! # Locks and wake-ups
+//! | event | who is woken | the one place |
+//! |---|---|---|
+//! | room frees up: a reservation released, a slot popped, freed items dropped, a branch dropped or forked | branches waiting for room | [`State::settle`], on every release of the lock |
+//! | only lossy branches hold the oldest slot of a full buffer (a backpressure branch read past it, was dropped, or turned lossy) | branches waiting for room | [`State::settle`] |
+//! | the upstream ends, or its poll panics | branches waiting for room | [`State::settle`] |
+//! | a batch is pushed; the upstream ends; its poll panics | branches waiting for the upstream | [`State::upstream_returned`] |
+//! | the upstream wakes its waker | branches waiting for the upstream | [`UpstreamSignal`]'s `wake` |
+//!
+//! (A branch that waits for room waits for the occupancy to drop, and every
+//! change of the occupancy happens under the lock, so the first row covers
+//! promises given up, allotments shrinking and freed items uncounted.)
+//!
+//! A branch that waits registers its waker under the same lock under which
+//! it saw the reason to wait, and every change of that reason happens under
+//! the lock too, so [`State::settle`], which runs on every release of the
+//! state lock, sees it: no wake-up falls between the two. Branches waiting
+//! for room are woken only while the upstream is not being polled (a poll
+//! ends under the lock, and its release wakes them then if room is left),
+//! so a waiter is woken when there is room it can use, once per release
+//! rather than once per item.
+//!
+//! # Locks
 //!
 //! There are two locks: the state lock here, and the lock of the
 //! [`UpstreamSignal`], which may be taken while the state lock is held but
-//! never the other way round. Wakers are registered under these locks, but
-//! they are woken, and the wakers or items they replace dropped, only after
-//! both are released, because waking a waker or dropping an item runs
-//! foreign code that may poll or drop a branch of this fanout. The state
-//! lock is held through [`Locked`], which collects the wakers that are due
-//! and wakes them when it releases the lock, also when a panic (in an item's
+//! never the other way round. (A branch's read-ahead lock is taken before
+//! the state lock, never after.) Wakers are registered under these locks,
+//! but they are woken, and the wakers or items they replace dropped, only
+//! after both are released, because waking a waker or dropping an item runs
+//! foreign code that may poll or drop a branch of this fanout. The state lock
+//! is held through [`Locked`], which collects the wakers that are due and
+//! wakes them when it releases the lock, also when a panic (in an item's
 //! `Clone`, say) unwinds through it: a waker taken out of a list is always
 //! woken.
 //!
-//! A branch that waits registers its waker under the same lock under which
-//! it saw the reason to wait, and whoever removes that reason (frees room,
-//! pushes an item, ends or wakes the upstream) takes the registered wakers
-//! under that lock as well, so no wake-up falls between the two.
-
 //! # Statistics
 //!
-//! Counters (items delivered and missed, the high-water mark) are
-//! updated under the lock that is held anyway. The time a branch holds the
-//! upstream back is measured only at transitions: when the buffer becomes
-//! full, every backpressure branch at the oldest position starts a stall
-//! (lossy branches never hold the upstream back); a branch ends its stall
-//! when it reads past the oldest position or turns lossy, and every stall
-//! ends when the buffer stops being full. The clock is read only while the buffer
-//! is full.
+//! Counters (items taken and missed, the high-water mark) are updated under
+//! the lock that is held anyway. A backpressure branch *stalls* the upstream
+//! while the buffer is full and it is at the oldest slot; [`State::settle`]
+//! starts and ends stalls (see [`Stall`](crate::stall::Stall)), and reads
+//! the clock only when one starts or ends.
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use futures_core::Stream;
 
 use crate::registry::Registry;
-use crate::solo::{Solo, SoloPoll};
 use crate::stats::Stats;
 use crate::sync::{lock, Mutex, MutexGuard};
+use crate::upstream::{
+    upstream_panicked, BatchEnd, PanicPayload, SizeHint, Upstream, UpstreamPoll,
+};
 use crate::upstream_signal::{AfterPending, UpstreamSignal};
 use crate::waiters::{Waiters, Wakeups};
 
-/// A stream's `size_hint`: lower and upper bounds on the items it has left.
-pub(crate) type SizeHint = (usize, Option<usize>);
-
-/// What a panic carries, as `catch_unwind` returns it.
-type PanicPayload = Box<dyn Any + Send>;
-
-/// The most items one poll of a branch pulls from the upstream, however
-/// much room the buffer has: enough to spread the cost of the lock over many
-/// items, few enough that the poller's own consumer and the branches waiting
-/// for the upstream do not wait long for the first of them.
+/// The most items a branch takes ahead, or pulls from the upstream, in one
+/// batch, however much room there is: enough to spread the cost of the lock
+/// over many items, few enough that the branches waiting for the upstream do
+/// not wait long for the first of them.
 const MAX_BATCH: usize = 32;
+
+/// The most items a branch that is the only live one pulls from the
+/// upstream in one poll: nobody waits for them, so the batch can be larger.
+const LONE_BATCH: usize = 128;
+
+/// [`batch_limit`] for a branch that is the only live one: a quarter of the
+/// capacity too (what a fork of it copies), up to [`LONE_BATCH`].
+fn lone_batch_limit(capacity: usize) -> usize {
+    (capacity / 4).clamp(1, LONE_BATCH)
+}
+
+/// The most items a branch takes in one batch, from the buffer or the
+/// upstream, with a buffer of `capacity`: [`MAX_BATCH`], but at most a
+/// quarter of the capacity, because a branch's read-ahead holds room that
+/// the others cannot use until it has yielded it.
+fn batch_limit(capacity: usize) -> usize {
+    (capacity / 4).clamp(1, MAX_BATCH)
+}
 
 /// What a kind of branch yields, built straight from what the buffer hands
 /// it, so that an item is moved once on its way out rather than through an
@@ -124,9 +187,11 @@ pub(crate) trait Delivery<T> {
 
 /// The state that all branches of one fanout share.
 pub(crate) struct Shared<S: Stream> {
-    /// The most items the buffer may hold. At least 1. (A copy of
+    /// The most items alive at once. At least 1. (A copy of
     /// `State::capacity`, readable without the lock.)
     capacity: usize,
+    /// How the upstream is pulled.
+    pull: Pull,
     state: Mutex<State<S>>,
     /// Branches waiting for the upstream; the upstream's waker wakes them.
     signal: std::sync::Arc<UpstreamSignal>,
@@ -135,9 +200,8 @@ pub(crate) struct Shared<S: Stream> {
 }
 
 struct State<S: Stream> {
-    /// The buffered items, oldest first. Invariants: `slots.len() <=
-    /// capacity`; every slot has `unread_by >= 1`; `unread_by` never
-    /// decreases from front to back.
+    /// The buffered items, oldest first. Invariants: every slot has
+    /// `unread_by >= 1`; `unread_by` never decreases from front to back.
     slots: VecDeque<Slot<S::Item>>,
     capacity: usize,
     /// The position of `slots[0]`: every live branch is at `head` or later,
@@ -146,16 +210,25 @@ struct State<S: Stream> {
     /// The live branches. A slot's `unread_by` is the number of them at its
     /// position or before.
     branches: Registry,
+    /// The sum of the branches' reservations.
+    reserved: usize,
+    /// The sum of the branches' allotments: at least `reserved`.
+    allotted: usize,
+    /// Items freed under the lock and not dropped yet (see [`Freed`]).
+    dropping: usize,
     upstream: Upstream<S>,
     /// The upstream's `size_hint` after its latest poll.
     upstream_hint: SizeHint,
-    /// The most items ever buffered at once.
+    /// The most items ever held at once, buffered or read ahead.
     high_water: usize,
-    /// Branches at the end of a full buffer. Woken whenever a slot is freed.
+    /// What the stalls were last set for: `Some(head)` if the buffer was
+    /// full, `None` if it was not.
+    stalls_set_for: Option<u64>,
+    /// A branch left the oldest slot, or the branches changed, since the
+    /// stalls were last set.
+    stalls_outdated: bool,
+    /// Branches at the end of a full buffer.
     waiting_for_room: Waiters,
-    /// An empty vector, kept so that a poll of the upstream collects its
-    /// batch without allocating. Taken out, with the upstream, by the poller.
-    spare_batch: Vec<S::Item>,
     /// Wakers taken out of a list under this lock, to be woken when it is
     /// released. Empty whenever the lock is free (see [`Locked`]).
     due: Wakeups,
@@ -164,50 +237,55 @@ struct State<S: Stream> {
 /// One buffered item.
 struct Slot<T> {
     item: T,
-    /// The live branches that have not read this item yet: those at its
+    /// The live branches that have not taken this item yet: those at its
     /// position or before.
     unread_by: usize,
 }
 
-/// Where the upstream stream is.
-enum Upstream<S> {
-    /// In the state, ready to be polled by the next branch that needs an item.
-    Idle(Pin<Box<S>>),
-    /// Taken out by the branch that is polling it now.
-    Polling,
-    /// Taken by the only live branch, which polls it directly while the
-    /// buffer is empty (see [`Solo`]). If that branch no longer holds it,
-    /// a poll of it panicked.
-    Solo,
-    /// It returned `None`, and has been dropped.
-    Done,
-    /// Its `poll_next` panicked, and it has been dropped. Holds the panic's
-    /// payload if the panic came after the upstream had yielded items in the
-    /// same poll: the first branch to read past those items resumes it.
-    Panicked(Option<PanicPayload>),
+/// How many items one poll of the upstream may pull.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pull {
+    /// As many as it has ready, up to the free room and a batch: for
+    /// streams, whose `Pending` ends a batch.
+    Batches,
+    /// One: for iterators, whose `next` may block, so that every item
+    /// reaches the other branches before the next one is asked for.
+    OneAtATime,
 }
 
-/// The buffer is full and backpressure branches hold its oldest slot.
-struct NoRoom;
+/// What a branch at the end of the buffer can do about the upstream.
+enum Room {
+    /// Poll it: there is this much room.
+    Pull(usize),
+    /// Nothing yet: the buffer is full, and backpressure branches hold it.
+    Full,
+    /// Make room first: only lossy branches hold the oldest slot.
+    Evict,
+}
 
 impl<S: Stream> Shared<S> {
     /// Wraps `upstream` for `branches` branches with keys and ids
-    /// `0..branches`. Polls nothing.
-    pub(crate) fn new(upstream: S, branches: usize, capacity: usize) -> Self {
+    /// `0..branches`, to be pulled as `pull` says. Polls nothing.
+    pub(crate) fn new(upstream: S, branches: usize, capacity: usize, pull: Pull) -> Self {
         let (signal, upstream_waker) = UpstreamSignal::new();
         let upstream_hint = upstream.size_hint();
         Self {
             capacity,
+            pull,
             state: Mutex::new(State {
                 slots: VecDeque::new(),
                 capacity,
                 head: 0,
                 branches: Registry::new(branches),
+                reserved: 0,
+                allotted: 0,
+                dropping: 0,
                 upstream: Upstream::Idle(Box::pin(upstream)),
                 upstream_hint,
                 high_water: 0,
+                stalls_set_for: None,
+                stalls_outdated: false,
                 waiting_for_room: Waiters::default(),
-                spare_batch: Vec::new(),
                 due: Wakeups::default(),
             }),
             signal,
@@ -224,113 +302,82 @@ impl<S: Stream> Shared<S> {
         Locked(Some(lock(&self.state)))
     }
 
-    /// Locks the state for branch `key`, whose lone-branch state is `solo`,
-    /// after recording the items it has yielded straight from the upstream
-    /// (see [`Solo`]), so that every read of its position sees them. The
-    /// count, with the upstream's `size_hint`, is taken before the lock:
-    /// `size_hint` is the upstream's code.
-    fn lock_recorded(&self, key: usize, solo: &mut Solo<S>) -> Locked<'_, S> {
-        let unrecorded = solo.take_unrecorded();
+    /// Locks the state for branch `key`, which holds `ahead` items ahead:
+    /// its reservation becomes exact.
+    fn lock_for(&self, key: usize, ahead: usize) -> Locked<'_, S> {
         let mut state = self.lock_state();
-        state.record_solo(key, unrecorded);
+        state.sync_reservation(key, ahead);
         state
     }
 
-    /// Registers a new branch where branch `key` is, lossy if it is; returns
-    /// the new branch's key and id.
-    ///
-    /// If branch `key` is the only live one and holds the upstream (see
-    /// [`Solo`]), it gives it back first. Then the waker of its last poll of
-    /// the upstream is returned too, if that poll returned `Pending`, for the
-    /// caller to wake once it holds no lock: the upstream may know only that
-    /// waker, and the fork may poll it first, with the fanout's.
-    pub(crate) fn fork(&self, key: usize, solo: &mut Solo<S>) -> (usize, usize, Option<Waker>) {
-        let mut state = self.lock_recorded(key, solo);
-        let parked = solo.give_back().and_then(|(upstream, parked)| {
-            state.upstream = Upstream::Idle(upstream);
-            parked
-        });
-        let source = state.branches.get(key);
-        let (position, lossy) = (source.position, source.lossy);
-        let (fork, id) = state.branches.insert(position, lossy);
-        let first_unread = state.index_of(position);
-        for slot in state.slots.range_mut(first_unread..) {
-            slot.unread_by += 1;
-        }
-        if state.is_full() && first_unread == 0 && !lossy {
-            state.branches.get_mut(fork).start_stall(Instant::now());
-        }
-        (fork, id, parked)
-    }
-
-    /// Unregisters branch `key`: its unread slots are released and the
-    /// branches waiting for the room this frees are woken.
-    pub(crate) fn release(&self, key: usize) {
-        let mut state = self.lock_state();
-        let position = state.branches.remove(key).position;
-        let first_unread = state.index_of(position);
+    /// Unregisters branch `key`, whose read-ahead was `ahead`: its read-ahead
+    /// and the slots only it had left to read are dropped, and the room they
+    /// held is free once they are.
+    pub(crate) fn release(&self, key: usize, ahead: VecDeque<S::Item>) {
+        let mut state = self.lock_for(key, ahead.len());
+        let record = state.branches.remove(key);
+        state.stalls_outdated = true;
+        state.reserved -= record.reserved;
+        state.allotted -= record.allotment;
+        let mut freed = Vec::from(ahead);
+        let first_unread = state.index_of(record.position);
         for slot in state.slots.range_mut(first_unread..) {
             slot.unread_by -= 1;
         }
-        let mut freed = Vec::new();
         while state.slots.front().is_some_and(|slot| slot.unread_by == 0) {
-            freed.extend(state.pop_front());
+            freed.extend(state.pop_slot());
         }
-        state.wake_if_room_can_be_made();
+        state.dropping += freed.len();
+        let freed = Freed::new(self, freed);
         let replaced = (state.waiting_for_room.remove(key), self.signal.remove(key));
         drop(state);
         drop(replaced);
         drop(freed);
     }
 
-    /// Makes branch `key` lossy. If it held the oldest slot of a full
-    /// buffer, the branches waiting for room may now make room by evicting
-    /// that slot, so they are woken.
-    pub(crate) fn make_lossy(&self, key: usize) {
-        let mut state = self.lock_state();
-        let record = state.branches.get_mut(key);
-        record.lossy = true;
-        record.end_stall(Instant::now());
-        state.wake_if_room_can_be_made();
+    /// Makes branch `key`, with `ahead` items read ahead, lossy. It yields
+    /// those first, and takes no more ahead.
+    pub(crate) fn make_lossy(&self, key: usize, ahead: usize) {
+        let mut state = self.lock_for(key, ahead);
+        state.branches.get_mut(key).lossy = true;
+        state.stalls_outdated = true;
     }
 
-    /// The position of the next item branch `key`, whose lone-branch state
-    /// is `solo`, yields.
-    pub(crate) fn position(&self, key: usize, solo: &mut Solo<S>) -> u64 {
-        self.lock_recorded(key, solo).branches.get(key).position
+    /// The position of the next item branch `key`, with `ahead` items ahead,
+    /// yields.
+    pub(crate) fn position(&self, key: usize, ahead: usize) -> u64 {
+        self.lock_for(key, ahead).branches.get(key).position - ahead as u64
     }
 
-    /// The number of buffered items branch `key`, whose lone-branch state is
-    /// `solo`, has not read.
-    pub(crate) fn lag(&self, key: usize, solo: &mut Solo<S>) -> usize {
-        let state = self.lock_recorded(key, solo);
-        state.buffered_from(state.branches.get(key).position)
+    /// The number of items branch `key`, with `ahead` items ahead, has not
+    /// yielded yet, of those taken from the upstream.
+    pub(crate) fn lag(&self, key: usize, ahead: usize) -> usize {
+        let state = self.lock_for(key, ahead);
+        state.buffered_from(state.branches.get(key).position) + ahead
     }
 
-    /// The bounds on the items branch `key`, whose lone-branch state is
-    /// `solo`, has still to yield, and whether it has a gap to report first.
-    pub(crate) fn size_hint(&self, key: usize, solo: &mut Solo<S>) -> (SizeHint, bool) {
-        let state = self.lock_recorded(key, solo);
+    /// The bounds on the items branch `key`, with `ahead` items ahead, has
+    /// still to yield, and whether it has a gap to report first.
+    pub(crate) fn size_hint(&self, key: usize, ahead: usize) -> (SizeHint, bool) {
+        let state = self.lock_for(key, ahead);
         let record = state.branches.get(key);
-        let buffered = state.buffered_from(record.position);
+        let held = state.buffered_from(record.position) + ahead;
         let (lower, upper) = match state.upstream {
             Upstream::Idle(_) | Upstream::Polling => state.upstream_hint,
-            Upstream::Solo if solo.is_alone() => state.upstream_hint,
-            // Taken by a lone branch that no longer holds it: it panicked.
-            Upstream::Solo | Upstream::Done | Upstream::Panicked(_) => (0, Some(0)),
+            Upstream::Done | Upstream::Panicked(_) => (0, Some(0)),
         };
         let hint = (
-            lower.saturating_add(buffered),
-            upper.and_then(|upper| upper.checked_add(buffered)),
+            lower.saturating_add(held),
+            upper.and_then(|upper| upper.checked_add(held)),
         );
         (hint, record.unreported_missed > 0)
     }
 
-    /// A snapshot of the fanout's statistics, taken by branch `key`, whose
-    /// lone-branch state is `solo`.
-    pub(crate) fn stats(&self, key: usize, solo: &mut Solo<S>) -> Stats {
+    /// A snapshot of the fanout's statistics, taken by branch `key`, with
+    /// `ahead` items ahead.
+    pub(crate) fn stats(&self, key: usize, ahead: usize) -> Stats {
         let now = Instant::now();
-        let state = self.lock_recorded(key, solo);
+        let state = self.lock_for(key, ahead);
         let end = state.pulled();
         let mut branches: Vec<_> = state
             .branches
@@ -341,11 +388,23 @@ impl<S: Stream> Shared<S> {
         Stats {
             capacity: state.capacity,
             buffered: state.slots.len(),
+            read_ahead: state.reserved,
             high_water: state.high_water,
             pulled: end,
             upstream_done: matches!(state.upstream, Upstream::Done),
             branches,
         }
+    }
+
+    /// Records that the first `poll_next` of a batch panicked: the upstream,
+    /// taken out for the poll, is dropped, and every waiting branch is woken
+    /// to find out.
+    pub(crate) fn first_poll_panicked(&self, upstream: std::pin::Pin<Box<S>>) {
+        let mut state = self.lock_state();
+        state.upstream = Upstream::Panicked(None);
+        state.upstream_returned(&self.signal);
+        drop(state);
+        drop(upstream);
     }
 }
 
@@ -354,108 +413,129 @@ where
     S: Stream,
     S::Item: Clone,
 {
-    /// Polls the upstream for lone branch `key`, which holds it (see
-    /// [`Solo`]).
-    #[inline]
-    pub(crate) fn poll_solo<D: Delivery<S::Item>>(
+    /// Registers a new branch where branch `key`, with read-ahead `ahead`,
+    /// is, lossy if it is; returns the new branch's key and id, and its
+    /// read-ahead: a clone of `ahead`. The clones count against the capacity
+    /// like any read-ahead, beyond it if there is not room for them (by at
+    /// most one batch, until the branches yield them): the fork needs its
+    /// own copy of those items, and taking them back from `ahead` would
+    /// cost the original a second clone of each.
+    pub(crate) fn fork(
         &self,
         key: usize,
-        solo: &mut Solo<S>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<D::Output>> {
-        match solo.poll(cx) {
-            SoloPoll::Polled(polled) => polled.map(|item| Some(D::item(item))),
-            SoloPoll::Ended(upstream) => {
-                self.lock_recorded(key, solo).upstream = Upstream::Done;
-                drop(upstream);
-                Poll::Ready(None)
-            }
-            SoloPoll::NotAlone => unreachable!("only a lone branch polls the upstream directly"),
+        ahead: &VecDeque<S::Item>,
+    ) -> (usize, usize, VecDeque<S::Item>) {
+        let mut state = self.lock_for(key, ahead.len());
+        // Cloned before anything changes, so a panicking `Clone` leaves the
+        // state as it was.
+        let copy: VecDeque<S::Item> = ahead.iter().cloned().collect();
+        let position = state.branches.get(key).position;
+        // A fork starts where its original is, past any gap that the original
+        // has yet to report, with no gap of its own; but a fork that starts
+        // with a copy of read-ahead reports the gap after it, as its
+        // original does, rather than skip it silently.
+        let (fork, id) = state.branches.fork(key, !copy.is_empty());
+        state.stalls_outdated = true;
+        let first_unread = state.index_of(position);
+        for slot in state.slots.range_mut(first_unread..) {
+            slot.unread_by += 1;
         }
+        // Its position is the original's, past the read-ahead it copies.
+        state.branches.get_mut(fork).taken = copy.len() as u64;
+        state.reserve(fork, copy.len());
+        (fork, id, copy)
     }
 
-    /// Polls for the next delivery to branch `key`, which does not hold the
-    /// upstream (see [`Shared::poll_solo`]): from the buffer or the upstream.
-    /// If it is the only live branch and nothing is buffered, it takes the
-    /// upstream for good and polls it directly; `solo` keeps it.
-    #[inline]
+    /// Yields the last item of branch `key`'s read-ahead, `ahead`, after
+    /// taking the next batch behind it if there is one: so the branch holds
+    /// no reservation for items it has yielded.
+    #[inline(never)]
+    pub(crate) fn take_last(&self, key: usize, ahead: &mut VecDeque<S::Item>) -> S::Item {
+        let mut state = self.lock_for(key, ahead.len());
+        state.take_ahead(key, ahead);
+        let item = ahead
+            .pop_front()
+            .expect("the read-ahead holds its last item");
+        state.unreserve_one(key);
+        item
+    }
+
+    /// Polls for the next delivery to branch `key`, whose read-ahead `ahead`
+    /// is empty: from the buffer or the upstream.
+    #[inline(never)]
     pub(crate) fn poll_next<D: Delivery<S::Item>>(
         &self,
         key: usize,
-        solo: &mut Solo<S>,
+        ahead: &mut VecDeque<S::Item>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<D::Output>> {
-        let mut state = self.lock_state();
-        let record = state.branches.get_mut(key);
-        if record.unreported_missed > 0 {
-            let missed = std::mem::take(&mut record.unreported_missed);
-            return Poll::Ready(Some(D::missed(missed)));
-        }
-        let position = record.position;
-        if let Some(item) = state.read(key, position) {
-            drop(state);
-            return Poll::Ready(Some(D::item(item)));
-        }
-        let alone = state.branches.len() == 1 && state.slots.is_empty();
-        let replaced = match state.upstream {
-            Upstream::Done => return Poll::Ready(None),
-            Upstream::Panicked(ref mut payload) => {
-                let payload = payload.take();
-                drop(state);
-                upstream_panicked(payload)
+        debug_assert!(ahead.is_empty());
+        loop {
+            let mut state = self.lock_for(key, 0);
+            let record = state.branches.get_mut(key);
+            record.waiting = false;
+            if record.unreported_missed > 0 {
+                let missed = std::mem::take(&mut record.unreported_missed);
+                return Poll::Ready(Some(D::missed(missed)));
             }
-            // Taken by a lone branch that no longer holds it: it panicked.
-            Upstream::Solo => {
+            if let Some(item) = state.read(key, ahead) {
                 drop(state);
-                upstream_panicked(None)
+                return Poll::Ready(Some(D::item(item)));
             }
-            Upstream::Polling => self.signal.park(key, cx.waker()),
-            Upstream::Idle(_) if alone => {
-                solo.take_over(state.take_upstream(Upstream::Solo));
-                drop(state);
-                return self.poll_solo::<D>(key, solo, cx);
-            }
-            Upstream::Idle(_) => match state.make_room() {
-                Err(NoRoom) => state.waiting_for_room.register(key, cx.waker()),
-                Ok(evicted) => {
-                    let poll = UpstreamPoll {
-                        shared: self,
-                        upstream: Some(state.take_upstream(Upstream::Polling)),
-                        started: false,
-                        batch: std::mem::take(&mut state.spare_batch),
-                        limit: state.room().min(MAX_BATCH),
-                    };
-                    self.signal.start_poll();
+            let replaced = match state.upstream {
+                Upstream::Done => return Poll::Ready(None),
+                Upstream::Panicked(ref mut payload) => {
+                    let payload = payload.take();
                     drop(state);
-                    drop(evicted);
-                    return self.poll_upstream::<D>(key, poll, solo, cx);
+                    upstream_panicked(payload)
                 }
-            },
-        };
-        drop(state);
-        drop(replaced);
-        Poll::Pending
+                Upstream::Polling => self.signal.park(key, cx.waker()),
+                Upstream::Idle(_) => match state.room_to_pull() {
+                    Room::Pull(room) => {
+                        let limit = match self.pull {
+                            Pull::OneAtATime => 1,
+                            Pull::Batches if state.branches.len() == 1 => {
+                                room.min(lone_batch_limit(self.capacity))
+                            }
+                            Pull::Batches => room.min(batch_limit(self.capacity)),
+                        };
+                        let poll = UpstreamPoll::new(self, state.take_upstream(), limit);
+                        self.signal.start_poll();
+                        drop(state);
+                        return self.poll_upstream::<D>(key, poll, ahead, cx);
+                    }
+                    Room::Evict => {
+                        let evicted = state.evict_for_lossy();
+                        let evicted = Freed::new(self, evicted);
+                        drop(state);
+                        drop(evicted);
+                        continue;
+                    }
+                    Room::Full => state.waiting_for_room.register(key, cx.waker()),
+                },
+            };
+            state.branches.get_mut(key).waiting = true;
+            drop(state);
+            drop(replaced);
+            return Poll::Pending;
+        }
     }
 
-    /// Polls the upstream, which branch `key` has taken out of the state, and
-    /// puts it back (or records its end) with the batch it yielded. Once per
-    /// batch: kept out of line, so that the path that reads a buffered item
-    /// stays small.
-    #[inline(never)]
+    /// Polls the upstream, which branch `key` has taken out of the state,
+    /// into its read-ahead `ahead`, and puts it back (or records its end)
+    /// with the batch it yielded.
     fn poll_upstream<D: Delivery<S::Item>>(
         &self,
         key: usize,
-        mut poll: UpstreamPoll<'_, S>,
-        solo: &mut Solo<S>,
+        poll: UpstreamPoll<'_, S>,
+        ahead: &mut VecDeque<S::Item>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<D::Output>> {
-        let end = poll.pull(&self.upstream_waker);
-        let (upstream, batch) = poll.finish();
+        let (upstream, end) = poll.pull(&self.upstream_waker, ahead);
 
         let mut state = self.lock_state();
-        let first = state.pulled();
-        let pulled_any = !batch.is_empty();
-        state.push_batch(batch);
+        let pulled = ahead.len();
+        let cloned = state.push_pulled(key, ahead);
         let retired = match end {
             BatchEnd::Limit(hint) | BatchEnd::Pending(hint) => {
                 state.upstream_hint = hint;
@@ -468,30 +548,35 @@ where
             }
             BatchEnd::Panicked(payload) => {
                 state.upstream = Upstream::Panicked(Some(payload));
-                let fields = &mut *state;
-                fields.waiting_for_room.move_all_to(&mut fields.due);
                 Some(upstream)
             }
         };
-        if pulled_any || retired.is_some() {
-            self.signal.move_all_to(&mut state.due);
+        if pulled > 0 || retired.is_some() {
+            state.upstream_returned(&self.signal);
+            state.promise_room(pulled);
+        }
+        if let Err(payload) = cloned {
+            drop(state);
+            drop(retired);
+            resume_unwind(payload);
         }
         if let Some(upstream) = retired {
-            // Dropped before the poller reads anything: if the drop panics,
-            // the batch stays buffered for it too. Then it reads as any
-            // branch does, from the buffer or the recorded end.
+            // Dropped before the poller yields anything: if the drop panics,
+            // the batch stays in its read-ahead. (Its reservation stays one
+            // too high until its next lock: nobody can pull any more.)
             drop(state);
             drop(upstream);
-            return self.poll_next::<D>(key, solo, cx);
+            return match ahead.pop_front() {
+                Some(item) => Poll::Ready(Some(D::item(item))),
+                None => self.poll_next::<D>(key, ahead, cx),
+            };
         }
-        if pulled_any {
-            state.start_stalls_if_full(key);
-            let item = state
-                .read(key, first)
-                .expect("the poller reads the first item it pushed");
+        if let Some(item) = ahead.pop_front() {
+            state.unreserve_one(key);
             drop(state);
             return Poll::Ready(Some(D::item(item)));
         }
+        state.branches.get_mut(key).waiting = true;
         match self.signal.park_after_pending(key, cx.waker()) {
             AfterPending::Parked(replaced) => {
                 drop(state);
@@ -514,25 +599,6 @@ impl<S: Stream> State<S> {
             .expect("a branch is at most `capacity` items past head")
     }
 
-    /// Moves lone branch `key`, and the empty buffer, past the items it has
-    /// yielded straight from the upstream, as [`Solo::take_unrecorded`]
-    /// returned them (taken before the lock: it runs the upstream's
-    /// `size_hint`).
-    fn record_solo(&mut self, key: usize, (yielded, hint): (u64, Option<SizeHint>)) {
-        if yielded == 0 && hint.is_none() {
-            return;
-        }
-        debug_assert!(
-            self.slots.is_empty(),
-            "a lone branch leaves nothing buffered"
-        );
-        self.branches.get_mut(key).deliver(yielded);
-        self.head += yielded;
-        if let Some(hint) = hint {
-            self.upstream_hint = hint;
-        }
-    }
-
     /// The number of buffered items at `position` or later.
     fn buffered_from(&self, position: u64) -> usize {
         self.slots.len() - self.index_of(position)
@@ -544,93 +610,206 @@ impl<S: Stream> State<S> {
         self.head + self.slots.len() as u64
     }
 
+    /// Items alive inside the crate (see the module docs).
+    fn occupancy(&self) -> usize {
+        self.slots.len() + self.allotted + self.dropping
+    }
+
     fn is_full(&self) -> bool {
-        self.slots.len() >= self.capacity
+        self.occupancy() >= self.capacity
     }
 
-    /// The items the buffer can take before it is full.
+    /// The items that can be added before the buffer is full.
     fn room(&self) -> usize {
-        self.capacity - self.slots.len()
+        self.capacity.saturating_sub(self.occupancy())
     }
 
-    /// Takes the idle upstream out of the state for a poll, leaving `taken`
-    /// (`Polling` or `Solo`) in its place.
-    fn take_upstream(&mut self, taken: Upstream<S>) -> Pin<Box<S>> {
-        match std::mem::replace(&mut self.upstream, taken) {
+    /// Sets branch `key`'s reservation to `ahead`, the items it holds now:
+    /// those it has yielded since it last held the lock are released.
+    fn sync_reservation(&mut self, key: usize, ahead: usize) {
+        let record = self.branches.get_mut(key);
+        debug_assert!(
+            ahead <= record.reserved,
+            "a reservation covers the read-ahead"
+        );
+        self.reserved -= record.reserved - ahead;
+        record.reserved = ahead;
+    }
+
+    /// Branch `key` is about to yield one item of its read-ahead, just
+    /// taken: its allotment keeps the room of its batch, so that its next
+    /// batch can be as large, but none once it holds nothing.
+    fn unreserve_one(&mut self, key: usize) {
+        let record = self.branches.get_mut(key);
+        record.reserved -= 1;
+        self.reserved -= 1;
+        let held = record.reserved;
+        self.set_allotment(key, if held == 0 { 0 } else { held + 1 });
+    }
+
+    /// Counts `count` items just put into branch `key`'s read-ahead in its
+    /// reservation, growing its allotment to cover them.
+    fn reserve(&mut self, key: usize, count: usize) {
+        let record = self.branches.get_mut(key);
+        record.reserved += count;
+        self.reserved += count;
+        if record.reserved > record.allotment {
+            self.allotted += record.reserved - record.allotment;
+            record.allotment = record.reserved;
+        }
+    }
+
+    /// Sets branch `key`'s allotment, which must cover its reservation.
+    fn set_allotment(&mut self, key: usize, allotment: usize) {
+        let record = self.branches.get_mut(key);
+        debug_assert!(allotment >= record.reserved);
+        self.allotted = self.allotted - record.allotment + allotment;
+        record.allotment = allotment;
+    }
+
+    /// The lossless branches that wait at the end of the buffer: each will
+    /// take a clone of every item pulled next.
+    fn waiting_for_clones(&self) -> usize {
+        self.branches
+            .iter()
+            .filter(|record| record.waiting && !record.lossy)
+            .count()
+    }
+
+    /// Promises the lossless branches that wait for the items of a batch
+    /// just pushed room for a batch of clones, as much as the free room
+    /// allows: so that the poller, running on, leaves them room to take
+    /// their next batch in one go. The promise is theirs until they poll.
+    fn promise_room(&mut self, batch: usize) {
+        let waiting = self.waiting_for_clones();
+        if waiting == 0 {
+            return;
+        }
+        let share = (self.room() / waiting).min(batch);
+        let mut promised = 0;
+        for record in self.branches.iter_mut() {
+            if record.waiting && !record.lossy && record.allotment < share {
+                promised += share - record.allotment;
+                record.allotment = share;
+            }
+        }
+        self.allotted += promised;
+    }
+
+    /// Takes the idle upstream out of the state for a poll.
+    fn take_upstream(&mut self) -> std::pin::Pin<Box<S>> {
+        match std::mem::replace(&mut self.upstream, Upstream::Polling) {
             Upstream::Idle(upstream) => upstream,
             _ => unreachable!("only an idle upstream is taken for a poll"),
         }
     }
 
-    /// Buffers the items of `batch`, each unread by every live branch, and
-    /// keeps the emptied vector for the next batch.
-    fn push_batch(&mut self, mut batch: Vec<S::Item>) {
-        let unread_by = self.branches.len();
-        self.slots
-            .extend(batch.drain(..).map(|item| Slot { item, unread_by }));
-        self.high_water = self.high_water.max(self.slots.len());
-        self.spare_batch = batch;
+    /// A poll of the upstream returned items, its end or a panic: the
+    /// branches waiting for it are due to be woken.
+    fn upstream_returned(&mut self, signal: &UpstreamSignal) {
+        signal.move_all_to(&mut self.due);
     }
 
-    /// Called when the buffer may have become full, after a push: the
-    /// backpressure branches at the oldest position start stalling, but for
-    /// branch `poller`, which is about to read past it. (Called before that
-    /// read, so that a panicking `Clone` in it does not skip the others'
-    /// stalls.) Lossy ones never hold the upstream back.
-    fn start_stalls_if_full(&mut self, poller: usize) {
-        if self.is_full() {
-            let poller = self.branches.get(poller).id;
-            let now = Instant::now();
-            for record in self.branches.at_mut(self.head) {
-                if !record.lossy && record.id != poller {
-                    record.start_stall(now);
-                }
-            }
-        }
-    }
-
-    /// Pops the oldest slot, returning its item. The branches waiting for
-    /// room are due to be woken, and every stall ends.
-    fn pop_front(&mut self) -> Option<S::Item> {
-        if self.is_full() {
-            let now = Instant::now();
-            for record in self.branches.iter_mut() {
-                record.end_stall(now);
-            }
-        }
+    /// Pops the oldest slot, returning its item.
+    fn pop_slot(&mut self) -> Option<S::Item> {
         let slot = self.slots.pop_front()?;
         self.head += 1;
-        self.waiting_for_room.move_all_to(&mut self.due);
         Some(slot.item)
     }
 
-    /// Makes room for one more item if the buffer is full and only lossy
-    /// branches hold its oldest slot: they give it up. Returns the item given
-    /// up, to be dropped outside the lock.
-    fn make_room(&mut self) -> Result<Option<S::Item>, NoRoom> {
-        if !self.is_full() {
-            return Ok(None);
+    /// What a branch at the end of the buffer may do about the upstream.
+    fn room_to_pull(&self) -> Room {
+        match self.room() {
+            0 if self.only_lossy_hold_head() => Room::Evict,
+            0 => Room::Full,
+            room => Room::Pull(room),
         }
-        if !self.only_lossy_at_head() {
-            return Err(NoRoom);
-        }
+    }
+
+    /// Whether the oldest slot exists and every branch at it is lossy, so
+    /// that a branch that needs room may evict it.
+    fn only_lossy_hold_head(&self) -> bool {
+        !self.slots.is_empty() && self.branches.at(self.head).all(|record| record.lossy)
+    }
+
+    /// The lossy branches at the oldest slot give it up. Returns its item,
+    /// counted until it is dropped.
+    fn evict_for_lossy(&mut self) -> Vec<S::Item> {
         for record in self.branches.at_mut(self.head) {
             record.give_up_next();
         }
-        Ok(self.pop_front())
+        let evicted: Vec<_> = self.pop_slot().into_iter().collect();
+        self.dropping += evicted.len();
+        evicted
     }
 
-    /// Whether every branch at the oldest position is lossy, so that a branch
-    /// that needs room may evict the oldest slot.
-    fn only_lossy_at_head(&self) -> bool {
-        self.branches.at(self.head).all(|record| record.lossy)
+    /// The most clones branch `key` may take ahead now, beyond the first
+    /// item of a poll: the unused part of its allotment (less what the
+    /// occupancy is past the capacity), and half the free room, so that the
+    /// read-ahead shrinks as the buffer fills and leaves room for the
+    /// others.
+    fn clone_budget(&self, key: usize) -> usize {
+        let record = self.branches.get(key);
+        // Past the capacity (after a fork), the allotment gives up the excess
+        // first, so that the occupancy comes back within the capacity.
+        let excess = self.occupancy().saturating_sub(self.capacity);
+        (record.allotment - record.reserved).saturating_sub(excess) + self.room() / 2
     }
 
-    /// Wakes the branches waiting for room if they no longer have to: the
-    /// buffer is full, but only lossy branches hold its oldest slot.
-    fn wake_if_room_can_be_made(&mut self) {
-        if self.is_full() && self.only_lossy_at_head() {
+    /// Runs whenever the lock is released (see [`Locked`]): keeps the
+    /// high-water mark and the stalls, and wakes the branches waiting for
+    /// room if they can use what there is now. The one place where they are
+    /// woken.
+    fn settle(&mut self) {
+        self.high_water = self.high_water.max(self.slots.len() + self.reserved);
+        self.update_stalls();
+        if !self.waiting_for_room.is_empty() && self.room_waiters_can_go() {
             self.waiting_for_room.move_all_to(&mut self.due);
+        }
+    }
+
+    /// Whether a branch waiting for room would get further now: it can poll
+    /// the upstream, make room, or find the upstream's end.
+    fn room_waiters_can_go(&self) -> bool {
+        match self.upstream {
+            Upstream::Idle(_) => !matches!(self.room_to_pull(), Room::Full),
+            Upstream::Polling => false,
+            Upstream::Done | Upstream::Panicked(_) => true,
+        }
+    }
+
+    /// Branch `key` read past the oldest slot by a clone, leaving it to the
+    /// others: its stall, if any, ends now. (Every other change of who
+    /// stalls moves `head` or marks the stalls outdated.)
+    fn left_the_oldest_slot(&mut self, key: usize) {
+        let stall = &mut self.branches.get_mut(key).stall;
+        if stall.is_running() {
+            stall.end(Instant::now());
+        }
+    }
+
+    /// Starts the stall of each backpressure branch at the oldest slot of a
+    /// full buffer, and ends every other stall.
+    fn update_stalls(&mut self) {
+        let full = self.is_full() && !self.slots.is_empty();
+        let head = self.head;
+        let set_for = full.then_some(head);
+        if set_for == self.stalls_set_for && !self.stalls_outdated {
+            return;
+        }
+        self.stalls_set_for = set_for;
+        self.stalls_outdated = false;
+        let mut now = None;
+        for record in self.branches.iter_mut() {
+            let stalls = full && !record.lossy && record.position == head;
+            if stalls != record.stall.is_running() {
+                let now = *now.get_or_insert_with(Instant::now);
+                if stalls {
+                    record.stall.start(now);
+                } else {
+                    record.stall.end(now);
+                }
+            }
         }
     }
 }
@@ -640,154 +819,233 @@ where
     S: Stream,
     S::Item: Clone,
 {
-    /// Reads the next item for branch `key`, at `position`, if it is
-    /// buffered: a clone, or the item itself for its last reader, which frees
-    /// its slot.
+    /// Records the batch that branch `key`, at the end of the buffer, has
+    /// pulled into its read-ahead `ahead`: the branch keeps the items (a
+    /// lossy one only the first, which it yields at once), and the buffer
+    /// gets a clone of each for the other branches, and the items it does
+    /// not keep. If a `Clone` panics, the items from there on are moved into
+    /// the buffer instead, for every branch, and the panic is returned.
+    fn push_pulled(
+        &mut self,
+        key: usize,
+        ahead: &mut VecDeque<S::Item>,
+    ) -> Result<(), PanicPayload> {
+        let record = self.branches.get(key);
+        debug_assert_eq!(record.position, self.pulled(), "the poller is at the end");
+        let others = self.branches.len() - 1;
+        let keep = if record.lossy {
+            1
+        } else if others == 0 {
+            ahead.len()
+        } else {
+            1 + self.room().saturating_sub(ahead.len()) / 2
+        }
+        .min(ahead.len());
+        let buffered = self.slots.len();
+        let cloned = if others == 0 {
+            Ok(())
+        } else {
+            let slots = &mut self.slots;
+            catch_unwind(AssertUnwindSafe(|| {
+                slots.extend(ahead.iter().take(keep).map(|item| Slot {
+                    item: item.clone(),
+                    unread_by: others,
+                }));
+            }))
+        };
+        let kept = if others == 0 {
+            keep
+        } else {
+            self.slots.len() - buffered
+        };
+        let unread_by = others + 1;
+        self.slots
+            .extend(ahead.drain(kept..).map(|item| Slot { item, unread_by }));
+        if others == 0 {
+            // Nobody else reads the kept items: they skip the buffer.
+            self.head += kept as u64;
+        }
+        self.branches.get_mut(key).take(kept);
+        self.reserve(key, kept);
+        cloned
+    }
+
+    /// Takes a batch for branch `key`, whose read-ahead `ahead` is empty,
+    /// and returns its first item, if an item is buffered for it. A batch of
+    /// one skips the read-ahead.
     #[inline]
-    fn read(&mut self, key: usize, position: u64) -> Option<S::Item> {
-        let index = self.index_of(position);
-        let slot = self.slots.get_mut(index)?;
-        let item = if slot.unread_by > 1 {
-            // Cloned before anything changes, so a panicking `Clone` leaves
-            // the state as it was.
-            let item = slot.item.clone();
-            slot.unread_by -= 1;
-            item
-        } else {
-            debug_assert_eq!(index, 0, "only the oldest slot can have one reader left");
-            self.pop_front()?
-        };
-        self.branches.get_mut(key).deliver_next();
-        if index == 0 && self.is_full() {
-            // It left the oldest position of a full buffer without freeing
-            // the slot: its stall ends, and the branches still there may all
-            // be lossy now.
-            self.branches.get_mut(key).end_stall(Instant::now());
-            self.wake_if_room_can_be_made();
-        }
-        Some(item)
-    }
-}
-
-/// Panics in a branch that has read everything the upstream yielded before
-/// it panicked: with the upstream's own `payload` if this branch is the
-/// first to get it (see [`Upstream::Panicked`]), else with a message that
-/// says what happened.
-fn upstream_panicked(payload: Option<PanicPayload>) -> ! {
-    if let Some(payload) = payload {
-        resume_unwind(payload);
-    }
-    panic!("fanout: the upstream stream panicked while another branch polled it; every item it yielded before has been delivered to this branch");
-}
-
-/// Why a poll of the upstream stopped pulling items.
-enum BatchEnd {
-    /// The batch is as large as the room allowed. Holds the upstream's
-    /// latest `size_hint`.
-    Limit(SizeHint),
-    /// The upstream returned `Pending`. Holds its latest `size_hint`.
-    Pending(SizeHint),
-    /// The upstream returned `None`.
-    End,
-    /// The upstream panicked after it had yielded the first item of the
-    /// batch; holds the panic's payload.
-    Panicked(PanicPayload),
-}
-
-/// The upstream while one branch polls it, and the batch of items it has
-/// yielded so far.
-///
-/// If the first `poll_next` panics, the panic reaches the poller at once,
-/// and the drop of this guard marks the upstream as panicked, wakes every
-/// waiting branch, so that none of them waits for a poll that will never
-/// end, and drops the upstream. A panic in a later `poll_next` of the same
-/// batch is caught instead (see [`BatchEnd::Panicked`]), so that the items
-/// yielded before it are buffered and reach every branch first. If
-/// something else panics before the first poll (the drop of an evicted
-/// item), the guard puts the upstream back, and wakes the branches waiting
-/// for it, so that one of them polls it.
-struct UpstreamPoll<'a, S: Stream> {
-    shared: &'a Shared<S>,
-    /// `Some` until the poll returns normally.
-    upstream: Option<Pin<Box<S>>>,
-    /// The upstream's `poll_next` has been called.
-    started: bool,
-    /// The items yielded by this poll, at most `limit`.
-    batch: Vec<S::Item>,
-    /// The room the buffer had when the poll started, capped by
-    /// [`MAX_BATCH`]. At least 1.
-    limit: usize,
-}
-
-impl<S: Stream> UpstreamPoll<'_, S> {
-    /// Polls the upstream until it has yielded `limit` items, returned
-    /// `Pending`, ended or panicked after the first item.
-    fn pull(&mut self, waker: &Waker) -> BatchEnd {
-        let upstream = self.upstream.as_mut().expect("polled once");
-        self.started = true;
-        let mut cx = Context::from_waker(waker);
-        let batch = &mut self.batch;
-        if let Some(end) = pull_one(upstream, &mut cx, batch) {
-            return end;
-        }
-        let limit = self.limit;
-        let rest = catch_unwind(AssertUnwindSafe(|| {
-            while batch.len() < limit {
-                if let Some(end) = pull_one(upstream, &mut cx, batch) {
-                    return end;
-                }
+    fn read(&mut self, key: usize, ahead: &mut VecDeque<S::Item>) -> Option<S::Item> {
+        match self.plan_batch(key, 0) {
+            (0, 0) => {
+                // At the end of the buffer: a promise of room is of no use.
+                self.set_allotment(key, 0);
+                None
             }
-            BatchEnd::Limit(upstream.size_hint())
-        }));
-        rest.unwrap_or_else(BatchEnd::Panicked)
-    }
-
-    fn finish(mut self) -> (Pin<Box<S>>, Vec<S::Item>) {
-        let upstream = self.upstream.take().expect("finished once");
-        (upstream, std::mem::take(&mut self.batch))
-    }
-}
-
-/// Polls `upstream` once: pushes the item it yields onto `batch`, or
-/// returns why the batch ends there.
-fn pull_one<S: Stream>(
-    upstream: &mut Pin<Box<S>>,
-    cx: &mut Context<'_>,
-    batch: &mut Vec<S::Item>,
-) -> Option<BatchEnd> {
-    match upstream.as_mut().poll_next(cx) {
-        Poll::Ready(Some(item)) => {
-            batch.push(item);
-            None
+            (moves, clones) if moves + clones == 1 => {
+                let record = self.branches.get(key);
+                let index = self.index_of(record.position);
+                let item = if moves == 1 {
+                    self.pop_slot().expect("a slot to move")
+                } else {
+                    // Cloned before anything changes, so a panicking `Clone`
+                    // leaves the state as it was.
+                    let slot = &mut self.slots[index];
+                    let item = slot.item.clone();
+                    slot.unread_by -= 1;
+                    item
+                };
+                self.branches.get_mut(key).take(1);
+                self.set_allotment(key, 0);
+                if index == 0 && moves == 0 {
+                    self.left_the_oldest_slot(key);
+                }
+                Some(item)
+            }
+            (moves, clones) => {
+                self.take_batch(key, ahead, moves, clones);
+                let item = ahead.pop_front().expect("a batch of two or more");
+                self.unreserve_one(key);
+                Some(item)
+            }
         }
-        Poll::Ready(None) => Some(BatchEnd::End),
-        Poll::Pending => Some(BatchEnd::Pending(upstream.size_hint())),
+    }
+
+    /// Takes the next batch for branch `key` into its read-ahead `ahead`
+    /// (see [`plan_batch`](Self::plan_batch)).
+    fn take_ahead(&mut self, key: usize, ahead: &mut VecDeque<S::Item>) {
+        let (moves, clones) = self.plan_batch(key, ahead.len());
+        self.take_batch(key, ahead, moves, clones);
+    }
+
+    /// How many of the buffered items after branch `key`'s position it takes
+    /// next, with `held` items in its read-ahead: up to [`MAX_BATCH`] held
+    /// (one for a lossy branch, which holds nothing ahead); the last
+    /// reader's items by move, the others by clone within the
+    /// [`clone_budget`](Self::clone_budget). With nothing held, the first
+    /// item is taken whatever the room: it is about to be yielded. Returns
+    /// the moves and the clones; the moves come first, since `unread_by`
+    /// never decreases from front to back.
+    fn plan_batch(&self, key: usize, held: usize) -> (usize, usize) {
+        let record = self.branches.get(key);
+        let limit = if record.lossy {
+            1
+        } else {
+            batch_limit(self.capacity)
+        };
+        let wanted = limit.saturating_sub(held);
+        let index = self.index_of(record.position);
+        let moves = if index == 0 {
+            self.slots
+                .iter()
+                .take(wanted)
+                .take_while(|slot| slot.unread_by == 1)
+                .count()
+        } else {
+            0
+        };
+        let buffered = self.slots.len() - index;
+        if moves == buffered || moves == wanted {
+            return (moves, 0);
+        }
+        let budget = usize::from(held == 0 && moves == 0) + self.clone_budget(key);
+        (moves, (buffered - moves).min(wanted - moves).min(budget))
+    }
+
+    /// Takes `moves` items by move and then `clones` by clone into branch
+    /// `key`'s read-ahead `ahead`, reserving them. If a `Clone` panics, what
+    /// was taken before it is kept and accounted for, and the panic goes
+    /// on: no item is lost, and no clone is made in vain.
+    fn take_batch(
+        &mut self,
+        key: usize,
+        ahead: &mut VecDeque<S::Item>,
+        moves: usize,
+        clones: usize,
+    ) {
+        let first = self.index_of(self.branches.get(key).position);
+        if moves > 0 {
+            if moves < 8 {
+                for _ in 0..moves {
+                    ahead.extend(self.pop_slot());
+                }
+            } else {
+                ahead.extend(self.slots.drain(..moves).map(|slot| slot.item));
+                self.head += moves as u64;
+            }
+            self.branches.get_mut(key).take(moves);
+            self.reserve(key, moves);
+        }
+        if clones == 0 {
+            return;
+        }
+        // The moves were the oldest slots, so the clones start at index 0
+        // after them, as `first` already says.
+        let mut cloned = 0;
+        let slots = &self.slots;
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            for slot in slots.range(first..first + clones) {
+                ahead.push_back(slot.item.clone());
+                cloned += 1;
+            }
+        }));
+        for slot in self.slots.range_mut(first..first + cloned) {
+            slot.unread_by -= 1;
+        }
+        self.branches.get_mut(key).take(cloned);
+        self.reserve(key, cloned);
+        if first == 0 && cloned > 0 {
+            self.left_the_oldest_slot(key);
+        }
+        if let Err(payload) = outcome {
+            resume_unwind(payload);
+        }
     }
 }
 
-impl<S: Stream> Drop for UpstreamPoll<'_, S> {
+/// Items freed under the state lock, still counted in `State::dropping`:
+/// dropping this drops them, with no lock held, and then uncounts them, so
+/// that the room they held is reused only once they are gone (also when a
+/// `Drop` of theirs panics).
+struct Freed<'a, S: Stream> {
+    shared: &'a Shared<S>,
+    items: Vec<S::Item>,
+}
+
+impl<'a, S: Stream> Freed<'a, S> {
+    fn new(shared: &'a Shared<S>, items: Vec<S::Item>) -> Self {
+        Self { shared, items }
+    }
+}
+
+impl<S: Stream> Drop for Freed<'_, S> {
     fn drop(&mut self) {
-        let Some(upstream) = self.upstream.take() else {
+        let count = self.items.len();
+        if count == 0 {
             return;
+        }
+        let _uncount = Uncount {
+            shared: self.shared,
+            count,
         };
-        let mut state = self.shared.lock_state();
-        let panicked = if self.started {
-            state.upstream = Upstream::Panicked(None);
-            Some(upstream)
-        } else {
-            state.upstream = Upstream::Idle(upstream);
-            None
-        };
-        let fields = &mut *state;
-        fields.waiting_for_room.move_all_to(&mut fields.due);
-        self.shared.signal.move_all_to(&mut fields.due);
-        drop(state);
-        drop(panicked);
+        drop(std::mem::take(&mut self.items));
+    }
+}
+
+/// Uncounts `count` dropped items when dropped, even during a panic.
+struct Uncount<'a, S: Stream> {
+    shared: &'a Shared<S>,
+    count: usize,
+}
+
+impl<S: Stream> Drop for Uncount<'_, S> {
+    fn drop(&mut self) {
+        self.shared.lock_state().dropping -= self.count;
     }
 }
 
 /// The state lock, held. Releasing it, by drop or by the unwinding of a
-/// panic, first unlocks and then wakes the wakers that became due under it.
+/// panic, first settles the state ([`State::settle`]), then unlocks, then
+/// wakes the wakers that became due under it.
 struct Locked<'a, S: Stream>(Option<MutexGuard<'a, State<S>>>);
 
 impl<S: Stream> Deref for Locked<'_, S> {
@@ -809,6 +1067,7 @@ impl<S: Stream> Drop for Locked<'_, S> {
         let Some(mut state) = self.0.take() else {
             return;
         };
+        state.settle();
         if state.due.is_empty() {
             return;
         }

@@ -36,9 +36,16 @@ use std::time::Duration;
 pub struct Stats {
     /// The most items the buffer may hold: the `cap` the fanout was built with.
     pub capacity: usize,
-    /// Items buffered now.
+    /// Items buffered now, for the branches that have not taken them yet.
     pub buffered: usize,
-    /// The most items ever buffered at once.
+    /// Items the branches have taken ahead of what they yielded, to yield
+    /// them without a lock, as of each branch's latest visit to the buffer.
+    /// They count against the capacity: `buffered + read_ahead <= capacity`,
+    /// except just after a fork of a branch that had read ahead (see
+    /// [`Branch`](crate::Branch)'s `Clone`).
+    pub read_ahead: usize,
+    /// The most items ever held at once, buffered or read ahead: at most
+    /// the capacity, but for that same exception.
     pub high_water: usize,
     /// Items taken from the upstream so far.
     pub pulled: u64,
@@ -49,8 +56,10 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// The branch with the largest lag (the one with the smallest id among
-    /// equals), or `None` if no branch is alive.
+    /// The lossless branch with the largest lag (the one with the smallest id
+    /// among equals), or `None` if no branch is alive. A lossy branch never
+    /// holds the upstream back, so it is the answer only when every branch
+    /// is lossy.
     ///
     /// When the buffer is full, this is a branch that holds the upstream back.
     ///
@@ -60,14 +69,31 @@ impl Stats {
     /// use fanout::StreamExt as _;
     /// use futures::{executor::block_on, stream, StreamExt};
     ///
-    /// let (mut reader, idle) = stream::iter(0..10).tee(4);
-    /// block_on(reader.next());
+    /// let mut branches = stream::iter(0..10).fanout(3, 4);
+    /// let dashboard = branches.pop().unwrap().into_lossy();
+    /// let (mut reader, idle) = (branches.remove(0), branches.remove(0));
+    /// block_on(async {
+    ///     for _ in 0..3 {
+    ///         reader.next().await;
+    ///     }
+    /// });
     /// let stats = reader.stats();
     /// let slowest = stats.slowest().unwrap();
-    /// assert_eq!((slowest.id, slowest.lag), (idle.id(), 4));
+    /// // `idle` has yielded nothing of what was pulled; the lossy dashboard,
+    /// // as far behind, never holds anyone back, so it is not the answer.
+    /// assert_eq!(slowest.id, idle.id());
+    /// assert_eq!(slowest.lag as u64, stats.pulled);
+    /// # drop(dashboard);
     /// ```
     pub fn slowest(&self) -> Option<&BranchStats> {
-        self.branches.iter().rev().max_by_key(|branch| branch.lag)
+        let slowest_of = |lossy: bool| {
+            self.branches
+                .iter()
+                .rev()
+                .filter(|branch| branch.lossy == lossy)
+                .max_by_key(|branch| branch.lag)
+        };
+        slowest_of(false).or_else(|| slowest_of(true))
     }
 }
 
@@ -77,9 +103,11 @@ impl Stats {
 pub struct BranchStats {
     /// The branch's [`id`](crate::Branch::id), unique within its fanout.
     pub id: usize,
-    /// Items buffered that the branch has not read yet.
+    /// Items taken from the upstream that the branch has not yielded yet
+    /// (see [`Stats::read_ahead`]).
     pub lag: usize,
-    /// Items the branch has yielded so far.
+    /// Items the branch has yielded so far (as of its latest visit to the
+    /// buffer).
     pub delivered: u64,
     /// Whether the branch is [`Lossy`](crate::Lossy).
     pub lossy: bool,
@@ -115,8 +143,9 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "buffered {}/{} (high water {}), pulled {}, upstream {}",
+            "buffered {} + read ahead {} of {} (high water {}), pulled {}, upstream {}",
             self.buffered,
+            self.read_ahead,
             self.capacity,
             self.high_water,
             self.pulled,

@@ -3,6 +3,7 @@
 
 use futures_core::Stream;
 
+use crate::shared::Pull;
 use crate::Branch;
 
 /// Splits `stream` into `n` branches that each yield every item, in order,
@@ -26,16 +27,23 @@ use crate::Branch;
 /// assert_eq!(outputs, [["a", "b"], ["a", "b"], ["a", "b"]]);
 /// ```
 #[track_caller]
+#[must_use = "streams do nothing unless polled"]
 pub fn fanout<S>(stream: S, n: usize, cap: usize) -> Vec<Branch<S>>
 where
     S: Stream,
     S::Item: Clone,
 {
+    check_capacity(cap);
+    Branch::split(stream, n, cap, Pull::Batches)
+}
+
+/// Panics, at the caller's call site, if `cap` is 0.
+#[track_caller]
+pub(crate) fn check_capacity(cap: usize) {
     assert!(
         cap > 0,
         "fanout: the buffer capacity `cap` must be at least 1, got {cap}"
     );
-    Branch::split(stream, n, cap)
 }
 
 /// An extension trait for [`Stream`]s that splits one stream into several
@@ -66,8 +74,8 @@ pub trait StreamExt: Stream {
     ///
     /// Nothing is spawned: a branch that needs an item nobody has pulled yet
     /// polls this stream itself, so the branches work on any executor, in
-    /// one task or in many. It pulls every item the stream has ready, up to
-    /// the room in the buffer and at most 32, and yields the first. Creating
+    /// one task or in many. It may poll ahead while the stream has items
+    /// ready, up to a share of the free room, and yields the first. Creating
     /// the branches polls nothing. With `n == 0` no branch is returned and
     /// the stream is dropped unpolled.
     ///
@@ -98,6 +106,7 @@ pub trait StreamExt: Stream {
     /// });
     /// ```
     #[track_caller]
+    #[must_use = "streams do nothing unless polled"]
     fn fanout(self, n: usize, cap: usize) -> Vec<Branch<Self>>
     where
         Self: Sized,
@@ -131,6 +140,7 @@ pub trait StreamExt: Stream {
     /// assert_eq!(all, [0, 1, 2, 3, 4, 5]);
     /// ```
     #[track_caller]
+    #[must_use = "streams do nothing unless polled"]
     fn tee(self, cap: usize) -> (Branch<Self>, Branch<Self>)
     where
         Self: Sized,

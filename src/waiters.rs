@@ -37,6 +37,12 @@ impl Waiters {
         }
     }
 
+    /// Whether no branch waits.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Forgets branch `id`, returning its waker so that the caller drops it
     /// outside the lock.
     pub(crate) fn remove(&mut self, id: usize) -> Option<Waker> {

@@ -1,7 +1,7 @@
 //! The public surface: constructors and their panics, `n == 0`, `tee`, the
-//! free function, `size_hint`, `lag`, `capacity`, the size of the batch one
-//! poll pulls, auto traits, `Debug`, and upstream panics (also in the middle
-//! of a batch).
+//! free function, `size_hint`, `lag`, `capacity`, the bounds on the batch
+//! one poll pulls, auto traits, `Debug`, and upstream panics (also in the
+//! middle of a batch).
 
 mod support;
 
@@ -23,6 +23,21 @@ use support::{collect_all, panic_message, poll_once, CountingPolls, DropFlag, Tr
 fn assert_send_sync<T: Send + Sync>() {}
 fn assert_unpin<T: Unpin>() {}
 fn assert_fused<T: FusedStream>() {}
+
+/// How many items the first poll of a fresh fanout of `n` branches of
+/// capacity `cap` pulls from an upstream that is always ready. The batch size
+/// is the crate's to choose (it is documented only to fit in the free room),
+/// so the tests that need a batch of a known size observe it here first: a
+/// fresh fanout with the same `n` and `cap` pulls the same batch.
+fn first_batch(n: usize, cap: usize) -> usize {
+    let (upstream, counts) = CountingPolls::new(stream::repeat(7u8));
+    let mut branches = upstream.fanout(n, cap);
+    assert_eq!(poll_once(&mut branches[0]), Poll::Ready(Some(7)));
+    let batch = counts.yielded();
+    assert!((1..=cap).contains(&batch), "a batch fits in the free room");
+    assert_eq!(counts.polls(), batch, "no poll past a full batch");
+    batch
+}
 
 // ------------------------------------------------------------------ panics
 
@@ -176,30 +191,51 @@ fn size_hint_is_buffered_items_plus_the_upstream_hint() {
 
 #[test]
 fn size_hint_with_inexact_and_unbounded_upstreams() {
-    // A filter knows only an upper bound. Capacity 2, so that the first poll
-    // pulls a batch of only 2 items (the room the buffer has) and leaves the
-    // upstream unfinished: with a larger capacity one batch would pull every
-    // even number and see the end, and the hints would be exact.
+    // A filter knows only an upper bound. Capacity 2, so that a poll pulls at
+    // most 2 items (the free room) and leaves the upstream unfinished: with a
+    // larger capacity one batch could pull every even number and see the
+    // end, and the hints would be exact. Once the branches have pulled
+    // `pulled` even numbers, the filter has consumed `0..2 * pulled - 1` of
+    // `0..10` and knows that at most `11 - 2 * pulled` items are left, none
+    // for sure; a branch adds the `lag` items it has not yielded yet.
+    let hint = |lag: usize, pulled: u64| (lag, Some(lag + 11 - 2 * pulled as usize));
     let filtered = stream::iter(0..10).filter(|x| future::ready(x % 2 == 0));
     let (mut fast, slow) = filtered.tee(2);
     assert_eq!(fast.size_hint(), (0, Some(10)));
     assert_eq!(block_on(fast.next()), Some(0));
-    // The batch pulled 0 and 2, so the upstream has consumed 0..3: at most
-    // 7 left, none known for sure, plus the 2 `fast` has buffered.
-    assert_eq!(fast.size_hint(), (1, Some(8)));
+    let pulled = fast.stats().pulled;
+    assert!(
+        (1..=2).contains(&pulled),
+        "the first batch fits in the room"
+    );
+    assert_eq!(fast.lag() as u64, pulled - 1);
+    assert_eq!(fast.size_hint(), hint(fast.lag(), pulled));
     assert_eq!(block_on(fast.next()), Some(2));
+    let pulled = fast.stats().pulled;
+    assert_eq!(
+        pulled, 2,
+        "at most `cap` past `slow`, at least what `fast` read"
+    );
+    assert_eq!((fast.lag(), slow.lag()), (0, 2));
+    assert_eq!(fast.size_hint(), hint(0, pulled));
     assert_eq!(fast.size_hint(), (0, Some(7)));
     assert_eq!(slow.size_hint(), (2, Some(9)));
 
     // An endless stream has no upper bound. The first poll pulls a batch of
-    // 4, the room of the buffer: `a` has 3 of them left, `b` all 4.
+    // at most 4, the room of the buffer: `a` has all of it but the first
+    // left, `b` all of it.
     let (mut a, b) = stream::repeat(1u8).tee(4);
     assert_eq!(a.size_hint(), (usize::MAX, None));
     block_on(a.next()).unwrap();
+    let pulled = a.stats().pulled as usize;
+    assert!(
+        (1..=4).contains(&pulled),
+        "the first batch fits in the room"
+    );
     assert_eq!(a.size_hint(), (usize::MAX, None), "saturates");
     assert_eq!(b.size_hint(), (usize::MAX, None), "saturates");
-    assert_eq!(a.lag(), 3);
-    assert_eq!(b.lag(), 4);
+    assert_eq!(a.lag(), pulled - 1);
+    assert_eq!(b.lag(), pulled);
 }
 
 #[test]
@@ -230,14 +266,17 @@ fn lag_counts_unread_buffered_items_and_capacity_is_fixed() {
     a_full_buffer_of_5_waits_for_b(&mut a, &mut b, &c);
     assert_eq!(a.clone().capacity(), 5);
 
-    // An upstream that is always ready: the first poll of `a` pulls a batch
-    // that fills the buffer and yields its first item; the poller's lag
-    // counts the rest of the batch, which it reads from the buffer.
+    // An upstream that is always ready: a poll of `a` may pull ahead, up to
+    // the free room; the poller's lag counts what it pulled and has not
+    // yielded yet (read ahead or buffered), and the others' lags count all of
+    // it.
     let [mut a, mut b, c]: [_; 3] = stream::iter(0..10u64).fanout(3, 5).try_into().unwrap();
     assert_eq!((a.lag(), b.lag(), c.lag()), (0, 0, 0));
     for read in 1..=5 {
         assert_eq!(poll_once(&mut a), Poll::Ready(Some(read as u64 - 1)));
-        assert_eq!((a.lag(), b.lag(), c.lag()), (5 - read, 5, 5));
+        let pulled = a.stats().pulled as usize;
+        assert!((read..=5).contains(&pulled), "pulled {pulled} after {read}");
+        assert_eq!((a.lag(), b.lag(), c.lag()), (pulled - read, pulled, pulled));
     }
     a_full_buffer_of_5_waits_for_b(&mut a, &mut b, &c);
 }
@@ -259,46 +298,81 @@ fn a_full_buffer_of_5_waits_for_b<S: Stream<Item = u64>>(
 }
 
 #[test]
-fn one_poll_pulls_a_batch_of_at_most_32_items_and_the_room() {
-    // A large buffer: one poll of a branch at the end pulls 32 items from an
-    // upstream that is always ready, however much more room there is.
+fn one_poll_pulls_a_batch_within_the_free_room() {
+    // A large buffer: one poll of a branch at the end may pull several items
+    // from an upstream that is always ready, never more than the free room,
+    // and never polls the upstream past its batch.
+    const CAP: usize = 1024;
     let (upstream, counts) = CountingPolls::new(stream::iter(0..10_000u64));
-    let (mut a, b) = upstream.tee(1024);
+    let (mut a, b) = upstream.tee(CAP);
     assert_eq!(poll_once(&mut a), Poll::Ready(Some(0)));
-    assert_eq!(counts.polls(), 32);
-    assert_eq!(counts.yielded(), 32);
-    assert_eq!((a.lag(), b.lag()), (31, 32));
-    // The poller reads the rest of the batch from the buffer.
-    for expected in 1..32 {
+    let batch = counts.yielded();
+    assert!((1..=CAP).contains(&batch));
+    assert_eq!(counts.polls(), batch);
+    assert_eq!((a.lag(), b.lag()), (batch - 1, batch));
+    let stats = a.stats();
+    assert_eq!(stats.pulled, batch as u64);
+    assert!(stats.buffered + stats.read_ahead <= CAP);
+    // The poller yields the rest of its batch (from its read-ahead or the
+    // buffer) without polling the upstream again.
+    for expected in 1..batch as u64 {
         assert_eq!(poll_once(&mut a), Poll::Ready(Some(expected)));
     }
-    assert_eq!(counts.polls(), 32);
-    // At the end again, with room for 992 more: another batch of 32.
-    assert_eq!(poll_once(&mut a), Poll::Ready(Some(32)));
-    assert_eq!(counts.polls(), 64);
-    assert_eq!((a.lag(), b.lag()), (31, 64));
+    assert_eq!(counts.polls(), batch);
+    assert_eq!(a.lag(), 0);
+    // At the end again, with room for more: another batch, which fits in
+    // the room that is free (at most what the buffer and the read-aheads
+    // leave).
+    let stats = a.stats();
+    let free = CAP - stats.buffered - stats.read_ahead;
+    assert_eq!(poll_once(&mut a), Poll::Ready(Some(batch as u64)));
+    let next = counts.yielded() - batch;
+    assert!((1..=free).contains(&next), "a batch of {next}, {free} free");
+    assert_eq!(counts.polls(), batch + next);
+    assert_eq!((a.lag(), b.lag()), (next - 1, batch + next));
 
-    // A small buffer: the batch is the room, 5 items.
+    // A small buffer: `a` reads exactly `cap` items ahead of `b`, which holds
+    // nothing (it has not polled), and the upstream is polled for exactly
+    // those items.
+    const SMALL: usize = 5;
     let (upstream, counts) = CountingPolls::new(stream::iter(0..10_000u64));
-    let (mut a, mut b) = upstream.tee(5);
-    assert_eq!(poll_once(&mut a), Poll::Ready(Some(0)));
-    assert_eq!(counts.polls(), 5);
-    assert_eq!((a.lag(), b.lag()), (4, 5));
-    for expected in 1..5 {
+    let (mut a, mut b) = upstream.tee(SMALL);
+    for expected in 0..SMALL as u64 {
         assert_eq!(poll_once(&mut a), Poll::Ready(Some(expected)));
+        assert!(counts.yielded() <= SMALL);
     }
     assert_eq!(poll_once(&mut a), Poll::Pending);
-    assert_eq!(counts.polls(), 5);
-    // `b` frees 2 slots: the next batch is those 2, the room when the poll
-    // starts.
+    assert_eq!(counts.polls(), SMALL);
+    // `b` frees room by reading 2 items. Each batch `a` pulls now fits in the
+    // room that is free when its poll starts, the upstream is never polled
+    // more than `cap` items past what `b` has yielded, and `a` runs at most
+    // `cap` items ahead of `b`: exactly `cap` if `b` holds nothing read
+    // ahead.
     assert_eq!(poll_once(&mut b), Poll::Ready(Some(0)));
     assert_eq!(poll_once(&mut b), Poll::Ready(Some(1)));
-    assert_eq!(poll_once(&mut a), Poll::Ready(Some(5)));
-    assert_eq!(counts.polls(), 7);
-    assert_eq!((a.lag(), b.lag()), (1, 5));
-    assert_eq!(poll_once(&mut a), Poll::Ready(Some(6)));
+    let b_ahead = b.stats().read_ahead;
+    let mut a_next = SMALL as u64;
+    loop {
+        let stats = a.stats();
+        let free = SMALL - stats.buffered - stats.read_ahead;
+        let before = counts.yielded();
+        match poll_once(&mut a) {
+            Poll::Ready(Some(item)) => {
+                assert_eq!(item, a_next);
+                a_next += 1;
+            }
+            Poll::Ready(None) => unreachable!("`b` holds `a` back"),
+            Poll::Pending => break,
+        }
+        assert!(counts.yielded() - before <= free, "a batch beyond the room");
+        assert!(counts.yielded() <= 2 + SMALL, "polled past the bound");
+        assert_eq!(counts.polls(), counts.yielded());
+    }
+    assert!(a_next <= 2 + SMALL as u64, "`a` ran past the bound");
+    if b_ahead == 0 {
+        assert_eq!(a_next, 2 + SMALL as u64, "`b` holds nothing ahead");
+    }
     assert_eq!(poll_once(&mut a), Poll::Pending);
-    assert_eq!(counts.polls(), 7);
 }
 
 // ------------------------------------------------------ auto traits, Debug
@@ -419,33 +493,50 @@ impl Stream for PanicsAt {
 /// in another branch's poll.
 const FANOUT_PANIC: &str = "fanout: the upstream stream panicked while another branch polled it";
 
+/// The capacity of the mid-batch panic tests: room for a first batch of
+/// several items.
+const PANIC_CAP: usize = 64;
+
+/// The number of items an upstream yields before it panics, so that the
+/// first poll of a fresh `tee(PANIC_CAP)` pulls them all and panics in the
+/// last poll of its batch (see [`first_batch`]).
+fn items_before_a_mid_batch_panic() -> u64 {
+    let batch = first_batch(2, PANIC_CAP) as u64;
+    assert!(
+        batch >= 3,
+        "these tests need a first batch of 3 or more items; with {PANIC_CAP} free, it was {batch}"
+    );
+    batch - 1
+}
+
 #[test]
 fn a_panic_after_the_first_item_of_a_batch_reaches_the_poller_after_the_items() {
+    let items = items_before_a_mid_batch_panic();
     let (upstream, dropped) = DropFlag::new(PanicsAt {
         next: 0,
-        panic_at: 3,
+        panic_at: items,
     });
     let (upstream, counts) = CountingPolls::new(upstream);
-    let (mut a, mut b) = upstream.tee(8);
-    // One poll of `a` pulls 0, 1 and 2, and the upstream panics in the
-    // fourth poll of the batch: the panic is caught, the three items are
-    // buffered, and `a` returns the first of them normally.
+    let (mut a, mut b) = upstream.tee(PANIC_CAP);
+    // One poll of `a` pulls `0..items`, and the upstream panics in the last
+    // poll of the batch: the panic is caught, the items are kept (read ahead
+    // by `a` or buffered), and `a` returns the first of them normally.
     assert_eq!(poll_once(&mut a), Poll::Ready(Some(0)));
-    assert_eq!(counts.polls(), 4);
-    assert_eq!(counts.yielded(), 3);
-    assert_eq!((a.lag(), b.lag()), (2, 3));
+    assert_eq!(counts.polls() as u64, items + 1);
+    assert_eq!(counts.yielded() as u64, items);
+    assert_eq!((a.lag() as u64, b.lag() as u64), (items - 1, items));
     assert!(
         dropped.load(Ordering::SeqCst),
         "a panicked upstream is dropped"
     );
     let stats = a.stats();
-    assert_eq!(stats.pulled, 3);
-    assert_eq!(stats.buffered, 3);
+    assert_eq!(stats.pulled, items);
+    assert_eq!(stats.buffered as u64, items, "all of them, for `b`");
     assert!(!stats.upstream_done, "it panicked, it did not end");
 
-    // `a` reads the rest of the batch from the buffer, then, reading past
-    // it, gets the upstream's own panic, with its payload.
-    for expected in 1..3 {
+    // `a` reads the rest of the batch, then, reading past it, gets the
+    // upstream's own panic, with its payload.
+    for expected in 1..items {
         assert_eq!(poll_once(&mut a), Poll::Ready(Some(expected)));
     }
     let panic = catch_unwind(AssertUnwindSafe(|| poll_once(&mut a))).unwrap_err();
@@ -453,7 +544,7 @@ fn a_panic_after_the_first_item_of_a_batch_reaches_the_poller_after_the_items() 
 
     // `b` gets every item, then the fanout's message: the payload went to
     // `a`.
-    for expected in 0..3 {
+    for expected in 0..items {
         assert_eq!(poll_once(&mut b), Poll::Ready(Some(expected)));
     }
     let panic = catch_unwind(AssertUnwindSafe(|| poll_once(&mut b))).unwrap_err();
@@ -464,34 +555,41 @@ fn a_panic_after_the_first_item_of_a_batch_reaches_the_poller_after_the_items() 
     let panic = catch_unwind(AssertUnwindSafe(|| poll_once(&mut a))).unwrap_err();
     let message = panic_message(panic);
     assert!(message.starts_with(FANOUT_PANIC), "{message}");
-    assert_eq!(counts.polls(), 4, "a panicked upstream is not polled again");
+    assert_eq!(
+        counts.polls() as u64,
+        items + 1,
+        "a panicked upstream is not polled again"
+    );
 }
 
 #[test]
 fn after_a_mid_batch_panic_the_first_branch_to_read_past_the_items_gets_the_payload() {
+    let items = items_before_a_mid_batch_panic();
     let (upstream, counts) = CountingPolls::new(PanicsAt {
         next: 0,
-        panic_at: 2,
+        panic_at: items,
     });
-    let (mut a, mut b) = upstream.tee(8);
-    // `a` polls the upstream: a batch of 0 and 1, then the panic.
+    let (mut a, mut b) = upstream.tee(PANIC_CAP);
+    // `a` polls the upstream: a batch of `0..items`, then the panic.
     assert_eq!(poll_once(&mut a), Poll::Ready(Some(0)));
-    assert_eq!(counts.polls(), 3);
+    assert_eq!(counts.polls() as u64, items + 1);
 
     // `b` reads past the batch first, and so gets the upstream's panic,
     // although `a` was the poller.
-    for expected in 0..2 {
+    for expected in 0..items {
         assert_eq!(poll_once(&mut b), Poll::Ready(Some(expected)));
     }
     let panic = catch_unwind(AssertUnwindSafe(|| poll_once(&mut b))).unwrap_err();
     assert_eq!(panic_message(panic), "upstream boom");
 
-    // `a` still gets the item it has not read, then the fanout's message.
-    assert_eq!(poll_once(&mut a), Poll::Ready(Some(1)));
+    // `a` still gets the items it has not read, then the fanout's message.
+    for expected in 1..items {
+        assert_eq!(poll_once(&mut a), Poll::Ready(Some(expected)));
+    }
     let panic = catch_unwind(AssertUnwindSafe(|| poll_once(&mut a))).unwrap_err();
     let message = panic_message(panic);
     assert!(message.starts_with(FANOUT_PANIC), "{message}");
-    assert_eq!(counts.polls(), 3);
+    assert_eq!(counts.polls() as u64, items + 1);
 }
 
 #[test]

@@ -11,8 +11,10 @@
 //! woken, because a panic unwound past the wake-up. Each checks that the
 //! waiting branch's waker is woken, with a flag or a `tokio_test` task. The
 //! `f4_` test does the same for the drop of an item evicted for a lossy
-//! branch, which panics after the poller took the upstream and before it
-//! polled it: the upstream is put back, not marked as panicked.
+//! branch, which panics before the poller polls the upstream: the upstream
+//! stays, not marked as panicked, and a branch waiting for room is woken
+//! once the item is gone. The `f5_` test checks that a panicking drop of the
+//! upstream after a batch loses none of the batch's items.
 
 mod support;
 
@@ -161,13 +163,16 @@ fn fragile_stream(
 /// The items of `script`, in order, as [`Fragile`] items, where `None` is a
 /// poll that returns `Pending`; after the script, the end.
 ///
-/// A branch that polls the upstream pulls a batch: it polls again while the
-/// upstream yields items and the buffer has room. A `Pending` ends the batch,
-/// so a script chooses which items one poll of a branch pulls. The `Pending`
-/// does not wake the waker: every script puts it right after an item that
-/// the same batch pulls, so no branch ever waits for it (and a wake-up of
-/// the upstream would wake the waiting branches that the tests expect to be
-/// woken by something else).
+/// A branch that polls the upstream may pull a batch: it may poll again
+/// while the upstream yields items and the buffer has room (up to a batch
+/// size that is the fanout's business). A `Pending` ends the batch at the
+/// latest, so a script chooses the most items one poll of a branch pulls.
+/// The `Pending` does not wake the waker (a wake-up of the upstream would
+/// wake the waiting branches that the tests expect to be woken by something
+/// else): every script puts it right after an item, so that it ends the
+/// batch that pulled that item; if a smaller batch stops before it, the
+/// next poll of the upstream gets it, and that branch waits until another
+/// branch, which the test polls then, pulls the next item.
 fn scripted_fragile_stream(
     tracker: &Arc<Tracker>,
     traps: &Arc<Traps>,
@@ -182,6 +187,32 @@ fn scripted_fragile_stream(
         })),
         Some(None) => Poll::Pending,
         None => Poll::Ready(None),
+    })
+}
+
+/// The items `0..count`, as [`Fragile`] items; then `Pending` (without
+/// waking the waker: the tests poll again by hand) until `open` is set; then
+/// the end.
+fn fragile_stream_ending_once_open(
+    tracker: &Arc<Tracker>,
+    traps: &Arc<Traps>,
+    count: u64,
+    open: &Arc<AtomicBool>,
+) -> impl Stream<Item = Fragile> + Send + Unpin {
+    let (tracker, traps, open) = (Arc::clone(tracker), Arc::clone(traps), Arc::clone(open));
+    let mut next = 0;
+    stream::poll_fn(move |_: &mut Context<'_>| {
+        if next < count {
+            next += 1;
+            Poll::Ready(Some(Fragile {
+                tracked: tracker.item(next - 1),
+                traps: Arc::clone(&traps),
+            }))
+        } else if open.load(Ordering::SeqCst) {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
     })
 }
 
@@ -272,6 +303,10 @@ fn three<T>(v: Vec<T>) -> [T; 3] {
     v.try_into().ok().expect("three branches")
 }
 
+fn four<T>(v: Vec<T>) -> [T; 4] {
+    v.try_into().ok().expect("four branches")
+}
+
 // ---------------------------------------------------------------------------
 // A panicking `Clone` leaves the fanout as it was.
 // ---------------------------------------------------------------------------
@@ -281,9 +316,9 @@ fn three<T>(v: Vec<T>) -> [T; 3] {
 /// and the rest.
 ///
 /// The upstream returns `Pending` after each of items 0, 1 and 2, so that
-/// each of A's polls pulls one item (a poll of the upstream pulls a batch,
-/// which a `Pending` ends) and A's third poll pulls item 2 alone. Items 3 to
-/// 5 come in one batch, pulled by B.
+/// each of A's polls pulls one item (a poll of the upstream may pull a
+/// batch, which a `Pending` ends) and A's third poll pulls item 2 alone.
+/// Items 3 to 5 are pulled by B, in batches of the fanout's choosing.
 #[test]
 fn a_panicking_clone_of_a_pulled_item_reaches_the_poller_and_changes_nothing() {
     hang_guard(|| {
@@ -456,6 +491,169 @@ fn random_schedules_with_panicking_clones_keep_every_branch_in_order() {
 }
 
 // ---------------------------------------------------------------------------
+// A panicking `Clone` in the middle of a batch taken into a read-ahead.
+// ---------------------------------------------------------------------------
+
+/// The value of the item a `clone_boom` message names.
+fn boom_value(message: &str) -> u64 {
+    message
+        .strip_prefix("clone of item ")
+        .and_then(|rest| rest.strip_suffix(" panicked"))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("not a clone panic: {message:?}"))
+}
+
+/// Capacity 8, so that a branch takes a batch of several items. A reaches
+/// a batch that starts with item 2, which only A has left to read (a move),
+/// and goes on with item 3, which B has not read yet (a clone), and that
+/// clone panics: A gets the panic, and the fanout stays consistent. A has
+/// yielded nothing of the batch, its lag still counts items 2 and 3, and
+/// every branch then reads every item, in order, once.
+///
+/// How C, A and B get there: C pulls items 0 and 1 and A reads them; C pulls
+/// items 2 and 3; B, the last reader of items 0 and 1, moves them, and,
+/// yielding the last item of that batch, takes a clone of item 2.
+#[test]
+fn a_panicking_clone_after_moves_in_a_batch_leaves_the_fanout_consistent() {
+    hang_guard(|| {
+        let (tracker, traps) = (Tracker::new(), Traps::new());
+        let [mut a, mut b, mut c] = three(fragile_stream(&tracker, &traps, 4).fanout(3, 8));
+        assert_eq!(try_poll(&mut c), Ok(Poll::Ready(Some(0))));
+        assert_eq!(try_poll(&mut a), Ok(Poll::Ready(Some(0))));
+        assert_eq!(try_poll(&mut a), Ok(Poll::Ready(Some(1))));
+        assert_eq!(try_poll(&mut c), Ok(Poll::Ready(Some(1))));
+        assert_eq!(try_poll(&mut c), Ok(Poll::Ready(Some(2))));
+        assert_eq!(try_poll(&mut b), Ok(Poll::Ready(Some(0))));
+        assert_eq!(try_poll(&mut b), Ok(Poll::Ready(Some(1))));
+        assert_eq!((a.lag(), b.lag(), c.lag()), (2, 2, 1));
+
+        traps.arm_clone(3);
+        assert_eq!(try_poll(&mut a), Err(clone_boom(3)));
+        assert_eq!(a.lag(), 2, "A has yielded neither item 2 nor item 3");
+        let stats = a.stats();
+        assert_eq!(
+            tracker.live(),
+            stats.buffered + stats.read_ahead,
+            "every live item is counted: {stats:?}"
+        );
+        assert_eq!(read_to_end(&mut a), [2, 3]);
+        assert_eq!(read_to_end(&mut b), [2, 3]);
+        assert_eq!(read_to_end(&mut c), [3]);
+        drop((a, b, c));
+        assert_eq!(tracker.live(), 0);
+        assert_eq!(tracker.clones(), 8, "two clones per item");
+    });
+}
+
+/// A `Clone` that panics in the middle of a batch of clones must not make
+/// the clones before it in vain: an item is cloned at most `n - 1` times.
+/// (Whether the branch gets the panic at once or when it reaches the item
+/// is the fanout's choice; it gets it once, and then every item in order.)
+///
+/// Capacity 8: A pulls items 0 and 1, and B takes a batch of clones of
+/// both, whose second clone panics.
+#[test]
+fn a_panicking_clone_in_a_batch_makes_no_clone_in_vain() {
+    hang_guard(|| {
+        let (tracker, traps) = (Tracker::new(), Traps::new());
+        let [mut a, mut b, mut c] = three(fragile_stream(&tracker, &traps, 2).fanout(3, 8));
+        assert_eq!(try_poll(&mut a), Ok(Poll::Ready(Some(0))));
+        traps.arm_clone(1);
+        let mut got = Vec::new();
+        let mut panics = 0;
+        loop {
+            match try_poll(&mut b) {
+                Ok(Poll::Ready(Some(value))) => got.push(value),
+                Ok(Poll::Ready(None)) => break,
+                Ok(Poll::Pending) => panic!("B waited after {got:?}"),
+                Err(message) => {
+                    assert_eq!(message, clone_boom(1));
+                    panics += 1;
+                }
+            }
+        }
+        assert_eq!((got, panics), (vec![0, 1], 1));
+        assert_eq!(read_to_end(&mut a), [1]);
+        assert_eq!(read_to_end(&mut c), [0, 1]);
+        drop((a, b, c));
+        assert_eq!(tracker.live(), 0);
+        assert_eq!(tracker.clones(), 4, "at most n - 1 = 2 clones per item");
+    });
+}
+
+/// As [`random_schedules_with_panicking_clones_keep_every_branch_in_order`],
+/// with capacities that let the branches take batches into their
+/// read-ahead, where a clone in the middle of a batch may panic: every
+/// branch yields every item in order; each panic names an item the polled
+/// branch has not yielded yet; every armed trap fires; at most `cap` items
+/// are alive after every step; at most `n - 1` clones per item.
+#[test]
+fn random_schedules_with_panicking_clones_in_batches_keep_every_branch_in_order() {
+    const N: usize = 3;
+    const ITEMS: u64 = 60;
+    hang_guard(|| {
+        for cap in [8, 16] {
+            for seed in 0..100 {
+                let (tracker, traps) = (Tracker::new(), Traps::new());
+                let mut branches = fragile_stream(&tracker, &traps, ITEMS).fanout(N, cap);
+                let mut progress = Progress::new(N, ITEMS, 20_000);
+                let mut rng = Rng::new(seed);
+                let (mut armed, mut panics) = (0, 0);
+
+                while progress.unfinished() {
+                    if !traps.clone_is_armed() && rng.percent(30) {
+                        // An item not pulled yet: with three branches it is
+                        // cloned twice, by the poller for the buffer or by a
+                        // branch that takes it into its read-ahead, whatever
+                        // the batches. (Which buffered items are still to be
+                        // cloned depends on the read-aheads.)
+                        let value = branches[0].stats().pulled + rng.below(4) as u64;
+                        if value < ITEMS {
+                            traps.arm_clone(value);
+                            armed += 1;
+                        }
+                    }
+                    let i = rng.below(N);
+                    if progress.ended[i] {
+                        continue;
+                    }
+                    match try_poll(&mut branches[i]) {
+                        Ok(Poll::Ready(Some(value))) => progress.item(i, value),
+                        Ok(Poll::Ready(None)) => progress.end(i),
+                        Ok(Poll::Pending) => {}
+                        Err(message) => {
+                            panics += 1;
+                            assert!(
+                                boom_value(&message) >= progress.read[i],
+                                "cap {cap}, seed {seed}: branch {i} panicked on an item it has yielded"
+                            );
+                        }
+                    }
+                    let stats = branches[0].stats();
+                    assert!(
+                        tracker.live() <= cap && stats.buffered + stats.read_ahead <= cap,
+                        "cap {cap}, seed {seed}: {} items alive: {stats:?}",
+                        tracker.live()
+                    );
+                }
+                assert!(
+                    !traps.clone_is_armed(),
+                    "cap {cap}, seed {seed}: a trap never fired"
+                );
+                assert_eq!(panics, armed, "cap {cap}, seed {seed}");
+                drop(branches);
+                assert_eq!(tracker.live(), 0, "cap {cap}, seed {seed}");
+                assert_eq!(
+                    tracker.clones(),
+                    2 * ITEMS as usize,
+                    "cap {cap}, seed {seed}"
+                );
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
 // Regressions: wake-ups lost when a panic unwinds past them.
 // ---------------------------------------------------------------------------
 
@@ -463,10 +661,11 @@ fn random_schedules_with_panicking_clones_keep_every_branch_in_order() {
 /// B, which must return `Pending`); the upstream yields item 0, and A's
 /// clone of it panics. The item is buffered: B must be woken, and get it.
 ///
-/// The upstream returns `Pending` after item 0, which ends A's batch, so
-/// that the upstream does not end in the same poll: only the item pushed
-/// can wake B. A's poll polls the upstream twice (item 0, then `Pending`),
-/// and the hook polls B each time.
+/// The upstream returns `Pending` after item 0, which ends A's batch at the
+/// latest (a batch may be smaller), so that the upstream does not end in the
+/// same poll: only the item pushed can wake B. A's poll polls the upstream
+/// once or twice (item 0, then perhaps `Pending`), and the hook polls B each
+/// time.
 #[test]
 fn f1_a_branch_waiting_for_the_upstream_is_woken_when_the_pollers_clone_panics() {
     hang_guard(|| {
@@ -485,10 +684,10 @@ fn f1_a_branch_waiting_for_the_upstream_is_woken_when_the_pollers_clone_panics()
         traps.arm_clone(0);
         assert_eq!(try_poll(&mut a), Err(clone_boom(0)));
         clear_hook(&hook);
-        assert_eq!(
-            *b_got.lock().unwrap(),
-            [Poll::Pending, Poll::Pending],
-            "B, polled during both of A's polls of the upstream, must have waited"
+        let b_got = std::mem::take(&mut *b_got.lock().unwrap());
+        assert!(
+            (1..=2).contains(&b_got.len()) && b_got.iter().all(Poll::is_pending),
+            "B, polled during each of A's polls of the upstream, must have waited: {b_got:?}"
         );
         assert!(
             b_flag.is_woken(),
@@ -514,16 +713,17 @@ fn f1_a_branch_waiting_for_the_upstream_is_woken_when_the_pollers_clone_panics()
 /// A's poll drops it, and its `Drop` panics: A gets that panic. The end is
 /// recorded: B must be woken, and get `None`.
 ///
-/// The upstream returns `Pending` after items 0 and 1, which A's first poll
-/// pulls in one batch, so that the end comes alone, in a later poll of A,
-/// with the hook set.
+/// The upstream yields items 0 and 1, then returns `Pending` (without a
+/// wake-up) until the test opens it, and ends after that: so that the end
+/// comes alone, in a later poll of A, with the hook set, whatever the size
+/// of A's batches.
 #[test]
 fn f2_a_branch_waiting_for_the_upstream_is_woken_when_the_upstreams_drop_panics() {
     hang_guard(|| {
         let (tracker, traps) = (Tracker::new(), Traps::new());
-        let script = [Some(0), Some(1), None];
+        let open = Arc::new(AtomicBool::new(false));
         let (inner, upstream_dropped) =
-            DropFlag::new(scripted_fragile_stream(&tracker, &traps, &script));
+            DropFlag::new(fragile_stream_ending_once_open(&tracker, &traps, 2, &open));
         let (upstream, hook) = Hooked::new(PanicOnDrop(inner));
         let [mut a, b] = two(upstream.fanout(2, 4));
         let b = share(b);
@@ -532,6 +732,7 @@ fn f2_a_branch_waiting_for_the_upstream_is_woken_when_the_upstreams_drop_panics(
             assert_eq!(try_poll(&mut a), Ok(Poll::Ready(Some(item))));
             assert_eq!(poll_shared(&b, noop_waker_ref()), Poll::Ready(Some(item)));
         }
+        open.store(true, Ordering::SeqCst);
         let b_flag = WakeFlag::new();
         let b_got = Arc::new(Mutex::new(Vec::new()));
         set_hook(&hook, {
@@ -564,18 +765,32 @@ fn f2_a_branch_waiting_for_the_upstream_is_woken_when_the_upstreams_drop_panics(
 
 /// F5. A batch ends on `None` after items, and the upstream's `Drop` panics:
 /// the poller gets the panic before it reads anything, so no item it pulled
-/// is lost; it reads them all on its next polls, as the other branch does.
+/// is lost (they are in its read-ahead or buffered); it reads them all on
+/// its next polls, as the other branch does.
+///
+/// The capacity leaves room for a batch of several items: the poller of an
+/// empty buffer may pull that far ahead, here items 0 and 1 and the end, in
+/// one poll.
 #[test]
 fn f5_a_panicking_upstream_drop_after_a_batch_loses_no_item_of_the_poller() {
     hang_guard(|| {
         let (tracker, traps) = (Tracker::new(), Traps::new());
-        let [mut a, mut b] = two(PanicOnDrop(fragile_stream(&tracker, &traps, 2)).fanout(2, 4));
+        let [mut a, mut b] = two(PanicOnDrop(fragile_stream(&tracker, &traps, 2)).fanout(2, 64));
         assert_eq!(
             try_poll(&mut a),
             Err(UPSTREAM_DROP_BOOM.to_string()),
-            "the batch 0, 1, end dropped the upstream, and its drop panicked"
+            "scenario: A's first poll pulls the batch 0, 1, end, which dropped the upstream, \
+             and its drop panicked"
         );
         assert_eq!(a.lag(), 2, "A has read nothing yet");
+        assert_eq!(b.lag(), 2, "B has read nothing yet");
+        let stats = a.stats();
+        assert!(stats.upstream_done);
+        assert_eq!(
+            tracker.live(),
+            stats.buffered + stats.read_ahead,
+            "every live item is counted: {stats:?}"
+        );
         assert_eq!(read_to_end(&mut a), [0, 1]);
         assert_eq!(read_to_end(&mut b), [0, 1]);
         drop((a, b));
@@ -627,29 +842,37 @@ fn lossy_value(polled: Poll<Option<Result<Fragile, Lagged>>>) -> Poll<Option<Res
 /// F4. Capacity 2: `tap`, lossy, alone holds the oldest slot (item 0) of the
 /// full buffer when `main` polls at the end: `main` evicts item 0 before it
 /// polls the upstream, and item 0's `Drop` panics. First, that drop polls
-/// `d`, which finds the upstream taken and waits for it. The panic reaches
-/// `main`; the upstream is put back, not marked as panicked, and `d` is
-/// woken: `d` polls the upstream itself and gets item 2, and every branch
-/// then reads the rest normally, `tap` after reporting the item it missed.
+/// `d`, also at the end, which must wait for room: `slow`, with
+/// backpressure, holds the next slot (item 1), and item 0 counts until it is
+/// gone. The panic reaches `main`; the upstream is left in place, not marked
+/// as panicked; and `d` is woken once item 0 is gone, despite the panic. `d`
+/// polls the upstream itself and gets item 2, and every branch then reads
+/// the rest normally, `tap` after reporting the item it missed.
 #[test]
 fn f4_a_panicking_drop_of_an_evicted_item_reaches_the_poller_and_leaves_the_upstream() {
     hang_guard(|| {
         let (tracker, traps) = (Tracker::new(), Traps::new());
-        let [mut main, tap, d] = three(fragile_stream(&tracker, &traps, 6).fanout(3, 2));
+        let [mut main, tap, mut slow, d] = four(fragile_stream(&tracker, &traps, 6).fanout(4, 2));
         let mut tap = tap.into_lossy();
         let d = share(d);
 
-        // Main's first poll pulls items 0 and 1, as much as the buffer holds.
-        assert_eq!(try_poll(&mut main), Ok(Poll::Ready(Some(0))));
+        for item in 0..2 {
+            assert_eq!(try_poll(&mut main), Ok(Poll::Ready(Some(item))));
+        }
+        assert_eq!(try_poll(&mut slow), Ok(Poll::Ready(Some(0))));
         for item in 0..2 {
             assert_eq!(poll_shared(&d, noop_waker_ref()), Poll::Ready(Some(item)));
         }
-        assert_eq!(try_poll(&mut main), Ok(Poll::Ready(Some(1))));
         let stats = main.stats();
         assert_eq!(
-            (stats.buffered, main.lag(), tap.lag()),
+            (stats.buffered, stats.read_ahead, stats.pulled),
             (2, 0, 2),
-            "the buffer is full, and only tap, lossy, holds its oldest slot"
+            "the buffer is full: {stats:?}"
+        );
+        assert_eq!(
+            (main.lag(), slow.lag(), tap.lag()),
+            (0, 1, 2),
+            "only tap, lossy, holds the oldest slot; slow holds the next one"
         );
 
         let d_flag = WakeFlag::new();
@@ -666,11 +889,11 @@ fn f4_a_panicking_drop_of_an_evicted_item_reaches_the_poller_and_leaves_the_upst
         assert_eq!(
             *d_got.lock().unwrap(),
             [Poll::Pending],
-            "d, polled while main held the upstream, must have waited for it"
+            "d, polled while item 0 was being dropped, must have waited for room"
         );
         assert!(
             d_flag.is_woken(),
-            "F4: main put the upstream back after the evicted item's drop panicked; d, waiting for it, was not woken"
+            "F4: the evicted item's drop panicked, and once it was gone, d, waiting for room, was not woken"
         );
         let stats = main.stats();
         assert!(!stats.upstream_done);
@@ -678,7 +901,7 @@ fn f4_a_panicking_drop_of_an_evicted_item_reaches_the_poller_and_leaves_the_upst
         assert_eq!(
             (stats.buffered, stats.pulled, tap.lag()),
             (1, 2, 1),
-            "item 1 is left, for tap; the upstream was not polled"
+            "item 1 is left, for slow and tap; the upstream was not polled"
         );
         assert_eq!(
             tracker.live(),
@@ -698,10 +921,12 @@ fn f4_a_panicking_drop_of_an_evicted_item_reaches_the_poller_and_leaves_the_upst
                 lossy_value(poll_once(&mut tap)),
                 Poll::Ready(Some(Ok(item)))
             );
+            assert_eq!(try_poll(&mut slow), Ok(Poll::Ready(Some(item))));
         }
         for item in 3..6 {
             assert_eq!(try_poll(&mut main), Ok(Poll::Ready(Some(item))));
             assert_eq!(poll_shared(&d, noop_waker_ref()), Poll::Ready(Some(item)));
+            assert_eq!(try_poll(&mut slow), Ok(Poll::Ready(Some(item))));
             assert_eq!(
                 lossy_value(poll_once(&mut tap)),
                 Poll::Ready(Some(Ok(item)))
@@ -709,14 +934,16 @@ fn f4_a_panicking_drop_of_an_evicted_item_reaches_the_poller_and_leaves_the_upst
         }
         assert_eq!(try_poll(&mut main), Ok(Poll::Ready(None)));
         assert_eq!(poll_shared(&d, noop_waker_ref()), Poll::Ready(None));
+        assert_eq!(try_poll(&mut slow), Ok(Poll::Ready(None)));
         assert_eq!(lossy_value(poll_once(&mut tap)), Poll::Ready(None));
         assert!(main.stats().upstream_done);
-        drop((main, tap, d));
+        drop((main, tap, slow, d));
         assert_eq!(tracker.live(), 0);
         assert_eq!(
             tracker.clones(),
-            12,
-            "two clones per item: main's and d's, the last reader (tap, or the eviction) moves"
+            18,
+            "three clones per item: item 0 for main, slow and d (the eviction moved it), \
+             every other item for all but its last reader, which moves it"
         );
     });
 }

@@ -278,12 +278,11 @@ fn turning_the_slow_branch_lossy_frees_the_waiting_fast_one() {
     });
 }
 
-/// A lone branch polls the upstream directly and waits on it with its own
-/// waker. Another thread forks it (through a shared slot, as the waiting
-/// task cannot): the fork may poll the upstream first and replace that
-/// waker with the fanout's, so the fork must wake the waiting task.
+/// A branch waiting on the upstream is forked from another thread (through
+/// a shared slot, as the waiting task cannot): the fork may poll the
+/// upstream first, and the waiting branch must still get the item.
 #[test]
-fn a_lone_branch_waiting_on_the_upstream_is_woken_when_forked() {
+fn a_branch_waiting_on_the_upstream_is_forked_from_another_thread() {
     model(|| {
         let (sender, upstream) = gate();
         let [lone]: [_; 1] = upstream.fanout(1, 1).try_into().unwrap();
@@ -307,5 +306,100 @@ fn a_lone_branch_waiting_on_the_upstream_is_woken_when_forked() {
         assert_eq!(read_all(fork), [0]);
         producer.join().unwrap();
         assert_eq!(reader.join().unwrap(), [0]);
+    });
+}
+
+// Read-ahead: with a capacity of 8, a branch takes up to 2 items per lock.
+
+/// Capacity at which a branch reads ahead (see the header of `shared.rs`).
+const READ_AHEAD_CAP: usize = 8;
+
+/// Reads `count` items from `branch` (fewer if it ends first).
+fn read_some<S>(branch: &mut Branch<S>, count: usize) -> Vec<u32>
+where
+    S: Stream<Item = Item> + Unpin,
+{
+    block_on(async {
+        let mut read = Vec::new();
+        while read.len() < count {
+            match branch.next().await {
+                Some(item) => read.push(*item),
+                None => break,
+            }
+        }
+        read
+    })
+}
+
+/// The slow branch takes and yields read-ahead on one thread while the fast
+/// one, `cap` items ahead, waits for the room that it releases.
+#[test]
+fn a_read_ahead_released_while_another_branch_waits_for_room() {
+    model(|| {
+        let count = READ_AHEAD_CAP as u32 + 2;
+        let (fast, slow) = ready_items(count).tee(READ_AHEAD_CAP);
+        let fast = spawn_reader(fast);
+        assert_eq!(read_all(slow), (0..count).collect::<Vec<_>>());
+        assert_eq!(fast.join().unwrap(), (0..count).collect::<Vec<_>>());
+    });
+}
+
+/// The slowest branch, holding read-ahead, is dropped while the fast one
+/// waits for room: its items are released (the loom `Arc`s would leak
+/// otherwise) and the fast one finishes.
+#[test]
+fn a_branch_with_read_ahead_dropped_while_another_waits_for_room() {
+    model(|| {
+        let count = READ_AHEAD_CAP as u32 + 2;
+        let (fast, mut slow) = ready_items(count).tee(READ_AHEAD_CAP);
+        let fast = spawn_reader(fast);
+        assert_eq!(read_some(&mut slow, 1), [0]);
+        drop(slow);
+        assert_eq!(fast.join().unwrap(), (0..count).collect::<Vec<_>>());
+    });
+}
+
+/// A branch with read-ahead is forked while another thread reads: the
+/// original and the fork yield the same remaining items.
+#[test]
+fn a_branch_with_read_ahead_forked_while_another_thread_reads() {
+    model(|| {
+        let count = 5;
+        let (other, mut original) = ready_items(count).tee(READ_AHEAD_CAP);
+        let other = spawn_reader(other);
+        assert_eq!(read_some(&mut original, 1), [0]);
+        let fork = spawn_reader(original.clone());
+        let rest: Vec<_> = (1..count).collect();
+        assert_eq!(read_all(original), rest);
+        assert_eq!(fork.join().unwrap(), rest);
+        assert_eq!(other.join().unwrap(), (0..count).collect::<Vec<_>>());
+    });
+}
+
+/// A `next()` future is polled once and dropped while another thread pulls
+/// and reads: whatever the first poll returned, the branch then yields the
+/// rest exactly once.
+#[test]
+fn a_cancelled_next_loses_nothing_while_another_thread_reads() {
+    model(|| {
+        let (sender, upstream) = gate();
+        let (other, mut cancelled) = upstream.tee(READ_AHEAD_CAP);
+        let other = spawn_reader(other);
+        let producer = thread::spawn(move || {
+            for value in 0..3 {
+                sender.send(value);
+            }
+            sender.close();
+        });
+        let first = block_on(async { futures::poll!(cancelled.next()) });
+        let mut seen: Vec<u32> = match first {
+            Poll::Ready(Some(item)) => vec![*item],
+            Poll::Ready(None) => unreachable!("three items come before the end"),
+            Poll::Pending => Vec::new(),
+        };
+        seen.extend(read_all(cancelled));
+        assert_eq!(seen, [0, 1, 2]);
+        producer.join().unwrap();
+        assert_eq!(other.join().unwrap(), [0, 1, 2]);
     });
 }

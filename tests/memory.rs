@@ -1,22 +1,53 @@
 //! Each item is stored once and cloned at most `n - 1` times, at most `cap`
-//! items are alive in the buffer, nothing leaks, and the upstream is dropped
-//! when it ends or when the last branch goes.
+//! items are alive inside the fanout (buffered, read ahead, or being
+//! dropped), nothing leaks, and the upstream is dropped when it ends or when
+//! the last branch goes.
 
 mod support;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
+use std::thread;
+use std::time::Duration;
 
-use fanout::StreamExt as _;
+use fanout::{Branch, Stats, StreamExt as _};
 use futures::channel::mpsc;
 use futures::executor::block_on;
 use futures::future::join_all;
-use futures::stream;
+use futures::stream::{self, Stream};
 use futures::StreamExt;
 
 use support::{
-    collect_all, poll_once, values, CountingPolls, DropFlag, Progress, Rng, Tracked, Tracker,
+    collect_all, entry, hang_guard, poll_once, values, CountingPolls, DropFlag, Progress, Rng,
+    Tracked, Tracker,
 };
+
+/// A snapshot in which every branch's read-ahead is exact: a snapshot counts
+/// each branch's read-ahead as of its latest visit to the buffer, exactly for
+/// the branch that takes it, so each branch takes one in turn and the last
+/// one is exact for all.
+fn synced_stats<S: Stream>(branches: &[Branch<S>]) -> Stats {
+    branches
+        .iter()
+        .map(Branch::stats)
+        .last()
+        .expect("at least one branch")
+}
+
+/// How many items the first poll of a fresh fanout of `n` branches of
+/// capacity `cap` pulls from an upstream that is always ready. The batch size
+/// is the crate's to choose (it is documented only to fit in the free room),
+/// so a test that needs a batch of a known size observes it here first: a
+/// fresh fanout with the same `n` and `cap` pulls the same batch.
+fn first_batch(n: usize, cap: usize) -> usize {
+    let (upstream, counts) = CountingPolls::new(stream::repeat(7u8));
+    let mut branches = upstream.fanout(n, cap);
+    assert_eq!(poll_once(&mut branches[0]), Poll::Ready(Some(7)));
+    let batch = counts.yielded();
+    assert!((1..=cap).contains(&batch), "a batch fits in the free room");
+    batch
+}
 
 #[test]
 fn each_item_is_cloned_exactly_n_minus_one_times() {
@@ -98,14 +129,22 @@ fn clone_count_with_a_fork_mid_way() {
     for expected in 0..3 {
         assert_eq!(block_on(a.next()).unwrap().value, expected);
     }
-    assert_eq!(tracker.clones(), 3);
+    // `b` has not polled, so `a` got a clone of every item it took: the
+    // three it yielded, and those it holds read ahead.
+    let ahead = a.stats().read_ahead;
+    assert_eq!(tracker.clones(), 3 + ahead);
     let c = a.clone();
     let outputs = collect_all([a, b, c]);
     assert_eq!(values(&outputs[0]), (3..LEN).collect::<Vec<_>>());
     assert_eq!(values(&outputs[1]), (0..LEN).collect::<Vec<_>>());
     assert_eq!(values(&outputs[2]), (3..LEN).collect::<Vec<_>>());
-    // Items 0..3 have two readers, the others three.
-    assert_eq!(tracker.clones(), 3 + (LEN as usize - 3) * 2);
+    // Items 0..3 have two readers, the others three: one clone fewer than
+    // readers each, however the fork found `a`'s read-ahead.
+    assert_eq!(
+        tracker.clones(),
+        3 + (LEN as usize - 3) * 2,
+        "n - 1 clones per item ({ahead} items were read ahead at the fork)"
+    );
     drop(outputs);
     assert_eq!(tracker.live(), 0);
 }
@@ -164,12 +203,12 @@ fn live_items_stay_within_cap_when_one_branch_lags() {
 }
 
 #[test]
-fn live_items_are_exactly_the_buffer_plus_what_the_test_holds() {
+fn live_items_are_exactly_the_buffer_the_read_ahead_and_what_the_test_holds() {
     const LEN: u64 = 150;
     for n in [2, 3, 4] {
         for cap in [1, 3, 8] {
             let tracker = Tracker::new();
-            // Counted: a poll pulls a batch, so the upstream may have
+            // Counted: a poll may pull ahead, so the upstream may have
             // yielded more items than the fastest branch has read.
             let (upstream, counts) = CountingPolls::new(tracker.stream(LEN));
             let mut branches = upstream.fanout(n, cap);
@@ -188,18 +227,23 @@ fn live_items_are_exactly_the_buffer_plus_what_the_test_holds() {
                     Poll::Pending => {}
                 }
                 let holding = held.iter().flatten().count();
-                // The buffer holds what the upstream yielded and the slowest
-                // branch has not read: at least what the fastest has read
-                // past it, at most `cap`.
+                // The upstream has yielded at least what the fastest branch
+                // has read, and at most `cap` items past the slowest one.
                 let yielded = counts.yielded() as u64;
                 assert!(yielded >= progress.fastest());
-                let buffered = yielded - progress.slowest();
-                assert!(buffered <= cap as u64);
+                assert!(yielded - progress.slowest() <= cap as u64);
+                // Every item alive is stored once: in the buffer, in the
+                // read-ahead of one branch, or held by the test; and the
+                // fanout holds at most `cap` of them.
+                let stats = synced_stats(&branches);
+                assert_eq!(stats.pulled, yielded);
+                let inside = stats.buffered + stats.read_ahead;
+                assert!(inside <= cap, "n = {n}, cap = {cap}: {stats:?}");
                 assert!(tracker.live() <= cap + holding, "n = {n}, cap = {cap}");
                 assert_eq!(
                     tracker.live(),
-                    buffered as usize + holding,
-                    "n = {n}, cap = {cap}: each buffered item stored once"
+                    inside + holding,
+                    "n = {n}, cap = {cap}: each item stored once"
                 );
             }
             drop(held);
@@ -297,18 +341,33 @@ fn upstream_is_dropped_once_it_ends() {
 #[test]
 fn upstream_is_dropped_by_the_batch_that_sees_its_end() {
     // A batch that stops on `None` drops the upstream at once, before the
-    // poller has read the rest of the batch.
-    let (upstream, dropped) = DropFlag::new(stream::iter(0..3));
+    // poller has read the rest of the batch. The upstream has one item fewer
+    // than the first batch of this fanout (observed), so that the first
+    // poll pulls every item and then the end.
+    const CAP: usize = 64;
+    let batch = first_batch(2, CAP);
+    assert!(
+        batch >= 3,
+        "this test needs a first batch of 3 or more items; with {CAP} free, it was {batch}"
+    );
+    let len = batch as u64 - 1;
+    let (upstream, dropped) = DropFlag::new(stream::iter(0..len));
     let (upstream, counts) = CountingPolls::new(upstream);
-    let (mut fast, slow) = upstream.tee(4);
+    let (mut fast, slow) = upstream.tee(CAP);
     assert_eq!(poll_once(&mut fast), Poll::Ready(Some(0)));
-    assert_eq!(counts.polls(), 4, "3 items and the end");
+    assert_eq!(counts.polls(), batch, "every item and the end");
     assert!(dropped.load(Ordering::SeqCst));
     assert!(fast.stats().upstream_done);
-    assert_eq!((fast.lag(), slow.lag()), (2, 3));
-    assert_eq!(block_on((&mut fast).collect::<Vec<_>>()), [1, 2]);
-    assert_eq!(block_on(slow.collect::<Vec<_>>()), [0, 1, 2]);
-    assert_eq!(counts.polls(), 4);
+    assert_eq!((fast.lag() as u64, slow.lag() as u64), (len - 1, len));
+    assert_eq!(
+        block_on((&mut fast).collect::<Vec<_>>()),
+        (1..len).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        block_on(slow.collect::<Vec<_>>()),
+        (0..len).collect::<Vec<_>>()
+    );
+    assert_eq!(counts.polls(), batch);
 }
 
 #[test]
@@ -344,17 +403,278 @@ fn large_lag_does_not_grow_memory() {
     assert_eq!(tracker.live(), 32);
     assert_eq!(stalled.lag(), 32);
     drop(stalled);
-    // Once detached, the fast branch runs freely and alone: it polls the
-    // upstream itself, one item per poll, and buffers nothing, so no item
-    // outlives its read and none is cloned.
+    // The items only the stalled branch had left went with it. Once
+    // detached, the fast branch runs freely and alone: every item alive is
+    // one it has pulled and not yielded yet, at most `cap` of them, and none
+    // is cloned (nobody else reads them).
+    assert_eq!(tracker.live(), 0);
     let clones_before = tracker.clones();
-    for _ in 0..1_000 {
+    for read in 1..=1_000 {
         assert!(matches!(poll_once(&mut fast), Poll::Ready(Some(_))));
-        assert_eq!(tracker.live(), 0);
-        assert_eq!(fast.lag(), 0);
+        let lag = fast.lag();
+        assert!(lag <= 32);
+        assert_eq!(tracker.live(), lag);
+        assert_eq!(counts.yielded(), 32 + read + lag);
     }
     assert_eq!(tracker.clones(), clones_before);
-    assert_eq!(counts.yielded(), 32 + 1_000);
     drop(fast);
     assert_eq!(tracker.live(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Freed items keep their room until they are gone (issue 9, bug 1)
+
+/// How long an item of the tests below takes to drop: long enough that
+/// another thread gets to run while the fanout drops a few of them. Never
+/// compared with anything.
+const SLOW_DROP: Duration = Duration::from_micros(200);
+
+/// Counts the [`SlowDrop`] items of one test. An item is *inside* the fanout
+/// from when it is made (by the upstream, or by a `Clone`) until a consumer
+/// takes it out with [`SlowDrop::take_out`], or until its `Drop` (by the
+/// fanout) has finished.
+#[derive(Debug, Default)]
+struct Census {
+    inside: AtomicUsize,
+    /// While set, `max_inside` and `overdrawn` are kept.
+    armed: AtomicBool,
+    /// The most items inside at once, observed whenever one is made.
+    max_inside: AtomicUsize,
+    /// Items the upstream has made.
+    made: AtomicUsize,
+    /// Items whose `Drop` ran to its end while they were inside.
+    dropped_inside: AtomicUsize,
+    /// `made` and `dropped_inside` when the census was armed.
+    made_base: AtomicUsize,
+    dropped_base: AtomicUsize,
+    /// The most items the upstream made beyond those dropped inside since
+    /// the census was armed, observed whenever it makes one.
+    overdrawn: AtomicUsize,
+}
+
+impl Census {
+    fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// An upstream of items `0..`, made as they are polled.
+    fn upstream(self: &Arc<Self>) -> impl Stream<Item = SlowDrop> + Send + Unpin {
+        let census = Arc::clone(self);
+        stream::iter((0..).map(move |value| census.make(value)))
+    }
+
+    fn make(self: &Arc<Self>, value: u64) -> SlowDrop {
+        let made = self.made.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.armed.load(Ordering::SeqCst) {
+            let made = made - self.made_base.load(Ordering::SeqCst);
+            let freed = self.dropped_inside.load(Ordering::SeqCst)
+                - self.dropped_base.load(Ordering::SeqCst);
+            self.overdrawn
+                .fetch_max(made.saturating_sub(freed), Ordering::SeqCst);
+        }
+        self.enter();
+        SlowDrop {
+            value,
+            census: Arc::clone(self),
+            out: false,
+        }
+    }
+
+    fn enter(&self) {
+        let inside = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.armed.load(Ordering::SeqCst) {
+            self.max_inside.fetch_max(inside, Ordering::SeqCst);
+        }
+    }
+
+    /// Starts watching, from the counts as they are now.
+    fn arm(&self) {
+        self.made_base
+            .store(self.made.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.dropped_base
+            .store(self.dropped_inside.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.max_inside
+            .store(self.inside.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.overdrawn.store(0, Ordering::SeqCst);
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    fn disarm(&self) {
+        self.armed.store(false, Ordering::SeqCst);
+    }
+
+    fn inside(&self) -> usize {
+        self.inside.load(Ordering::SeqCst)
+    }
+}
+
+/// An item that is slow to drop while it is inside the fanout.
+#[derive(Debug)]
+struct SlowDrop {
+    value: u64,
+    census: Arc<Census>,
+    /// A consumer took it out: no longer counted, and quick to drop.
+    out: bool,
+}
+
+impl SlowDrop {
+    /// A consumer has it: it no longer counts as inside the fanout.
+    fn take_out(mut self) -> u64 {
+        self.out = true;
+        self.census.inside.fetch_sub(1, Ordering::SeqCst);
+        self.value
+    }
+}
+
+impl Clone for SlowDrop {
+    fn clone(&self) -> Self {
+        assert!(!self.out, "only the fanout clones items");
+        self.census.enter();
+        Self {
+            value: self.value,
+            census: Arc::clone(&self.census),
+            out: false,
+        }
+    }
+}
+
+impl Drop for SlowDrop {
+    fn drop(&mut self) {
+        if self.out {
+            return;
+        }
+        thread::sleep(SLOW_DROP);
+        self.census.inside.fetch_sub(1, Ordering::SeqCst);
+        self.census.dropped_inside.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Issue 9, bug 1: a client that disconnects while it is the slowest. The
+/// slow branch is dropped while the fast one, on another thread, waits for
+/// room; the `cap` items only the slow branch had left are dropped then, each
+/// slowly. The fast branch may refill the buffer only once they are gone: at
+/// no moment are more than `cap` items inside the fanout. (Code that wakes
+/// the fast branch before it drops the freed items lets it pull a batch into
+/// the room of items still being dropped, on its own thread, at once: with
+/// 64 items of 200 µs each, it has 13 ms to do so.)
+#[test]
+fn dropping_the_slowest_branch_reuses_its_room_only_once_its_items_are_gone() {
+    hang_guard(|| {
+        const CAP: usize = 64;
+        const LEN: u64 = 4 * CAP as u64;
+        let census = Census::new();
+        let (mut fast, slow) = census.upstream().tee(CAP);
+        let read = Arc::new(AtomicUsize::new(0));
+        let reader = {
+            let read = Arc::clone(&read);
+            thread::spawn(move || {
+                for expected in 0..LEN {
+                    let item = block_on(fast.next()).expect("an endless upstream");
+                    assert_eq!(item.take_out(), expected);
+                    read.fetch_add(1, Ordering::SeqCst);
+                }
+                fast
+            })
+        };
+        // `fast` reads `cap` items and waits for room: `slow` holds them all.
+        while read.load(Ordering::SeqCst) < CAP {
+            thread::sleep(Duration::from_millis(1));
+        }
+        // Not a timed assertion: only to let `fast` get to its wait first.
+        thread::sleep(Duration::from_millis(20));
+        assert_eq!(read.load(Ordering::SeqCst), CAP, "`slow` holds `fast` back");
+        assert_eq!(
+            census.inside(),
+            CAP,
+            "the buffer holds what `slow` has not read"
+        );
+        // (Armed only now: a branch's poll may make the clone of the item it
+        // yields before it hands the item out.)
+        census.arm();
+        drop(slow);
+        let fast = reader.join().expect("the reader thread");
+        census.disarm();
+        let max = census.max_inside.load(Ordering::SeqCst);
+        assert!(
+            max <= CAP,
+            "{max} items alive inside the fanout at once, with cap {CAP}"
+        );
+        assert_eq!(census.dropped_inside.load(Ordering::SeqCst), CAP);
+        assert_eq!(census.inside(), fast.lag(), "only what `fast` holds ahead");
+        drop(fast);
+        assert_eq!(census.inside(), 0);
+    });
+}
+
+/// Issue 9, bug 1, for the items lossy branches give up: the room an item
+/// given up frees is reused only once the item is gone. Two backpressure
+/// branches read on two threads beside an idle lossy tap, which holds the
+/// whole buffer: each item pulled past the full buffer needs an item the tap
+/// gives up, so at no moment may the upstream have made more items (since
+/// the buffer filled) than the fanout has dropped. (Counted this way rather
+/// than as items alive, because each reading thread may hold the clone it is
+/// about to yield on top of the full buffer. Code that frees the room before
+/// it drops the given-up item lets the other thread pull into it while that
+/// item is still being dropped.)
+#[test]
+fn items_lossy_branches_give_up_keep_their_room_until_they_are_gone() {
+    hang_guard(|| {
+        const CAP: usize = 8;
+        const READS: u64 = 500;
+        let census = Census::new();
+        let [mut a, mut b, tap]: [_; 3] = census.upstream().fanout(3, CAP).try_into().unwrap();
+        let tap = tap.into_lossy();
+        // On this thread, until the buffer is full of items only the tap
+        // holds, and `a` and `b` have yielded everything pulled.
+        let mut next = 0;
+        while next < 2 * CAP as u64 || a.lag() + b.lag() > 0 {
+            for branch in [&mut a, &mut b] {
+                match poll_once(branch) {
+                    Poll::Ready(Some(item)) => assert_eq!(item.take_out(), next),
+                    other => panic!("nothing makes `a` or `b` wait: {other:?}"),
+                }
+            }
+            next += 1;
+            assert!(next < 100 * CAP as u64, "no progress");
+        }
+        let branches = [a, b];
+        let stats = synced_stats(&branches);
+        assert_eq!((stats.buffered, stats.read_ahead), (CAP, 0), "{stats:?}");
+        assert_eq!(census.inside(), CAP);
+        let [a, b] = branches;
+
+        census.arm();
+        let readers: Vec<_> = [a, b]
+            .into_iter()
+            .map(|mut branch| {
+                thread::spawn(move || {
+                    for expected in next..next + READS {
+                        let item = block_on(branch.next()).expect("an endless upstream");
+                        assert_eq!(item.take_out(), expected);
+                    }
+                    branch
+                })
+            })
+            .collect();
+        let branches: Vec<_> = readers
+            .into_iter()
+            .map(|reader| reader.join().expect("a reader thread"))
+            .collect();
+        census.disarm();
+        let overdrawn = census.overdrawn.load(Ordering::SeqCst);
+        assert_eq!(
+            overdrawn, 0,
+            "the upstream made {overdrawn} item(s) into the room of items still being dropped"
+        );
+        // Every item dropped inside is one the tap gave up.
+        let stats = synced_stats(&branches);
+        assert_eq!(
+            entry(&tap.stats(), tap.id()).missed as usize,
+            census.dropped_inside.load(Ordering::SeqCst)
+        );
+        assert_eq!(census.inside(), stats.buffered + stats.read_ahead);
+        drop(branches);
+        drop(tap);
+        assert_eq!(census.inside(), 0);
+    });
 }

@@ -1,27 +1,40 @@
-//! Model-based property test: random programs run against the crate and
-//! against a reference model that is correct by construction.
+//! Model-based property test: random programs run against the crate, and
+//! checked against the shared reference model (`support::model`), which
+//! states the promises and none of the tuning.
 //!
 //! A program picks `n` and `cap`, then a sequence of operations: poll a
-//! branch (from its task, or from a new one), drop it, clone it, make it
-//! lossy, offer the upstream an item, wake the upstream for nothing, close
-//! it. The upstream is
-//! scripted: it yields what was offered, returns `Pending` when nothing was,
-//! and wakes its waker when something changes, like a channel.
+//! branch (from its task, or from a new one, or until it waits), drop it,
+//! clone it, make it lossy, offer the upstream an item (or several), wake
+//! the upstream for nothing, close it, take a `stats()` snapshot. The
+//! upstream is scripted: it yields what was offered, returns `Pending` when
+//! nothing was, and wakes its waker when something changes, like a channel.
 //!
-//! The model keeps one position per branch and the count of items pulled from
-//! the upstream, and applies the capacity rule directly: a branch that polls
-//! the upstream pulls every offered item the room allows, in one batch. After every step the
-//! test checks that:
-//! - every poll returns what the model returns: the same item, the same
-//!   report of missed items, `Pending`, or the end;
-//! - the upstream yielded exactly as many items as the model pulled (so
-//!   never more than `cap` past the slowest branch), and is never polled after
-//!   its end;
-//! - the live items are exactly those still in the upstream plus those
-//!   buffered, so the buffer never holds more than `cap`;
-//! - a branch that returned `Pending` and was not woken since is one the
-//!   model says cannot make progress: no lost wake-ups;
-//! - once everything is dropped, no item is alive.
+//! After every step the test checks, with the model:
+//! - every poll: each branch yields every item in order (a lossy one with
+//!   every gap reported exactly), `None` only after the upstream's end and
+//!   every item, `Pending` only at the end of what was pulled;
+//! - the upstream never yielded more than `cap` items past the slowest
+//!   lossless branch, and is never polled after its end;
+//! - at most `cap` items alive inside the crate (buffered, read ahead, or
+//!   being dropped) beside those still in the upstream, but for the clones
+//!   of read-ahead that a fork gets (at most a batch per fork, until it has
+//!   yielded them), and every item a lossless branch has still to yield
+//!   alive;
+//! - at most one clone per reader but the last, per item (plus one per fork
+//!   or branch turned lossy while it is alive, for the read-ahead they give
+//!   back);
+//! - a `stats()` snapshot, taken from a branch that holds nothing ahead so
+//!   that it changes nothing: `buffered + read_ahead <= cap`, counters
+//!   consistent with the positions, `slowest()` a lossless branch; the
+//!   snapshot operation checks one from any branch;
+//! - no lost wake-up: every branch that returned `Pending` and was not woken
+//!   since is polled again from a new task, and must return `Pending` again
+//!   (the re-poll is a real step of the program).
+//!
+//! Each program runs twice: once ending with everything dropped as it is (no
+//! item alive afterwards), once closing the upstream and running every
+//! branch to its end, polling only the branches that were woken (a hang
+//! fails), with the same checks after every poll.
 //!
 //! The programs run on one thread, so no poll overlaps another: a branch
 //! waiting while another polls the upstream is the loom models' part.
@@ -29,15 +42,14 @@
 mod support;
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use fanout::{Branch, Lagged, Lossy, StreamExt as _};
-use futures::task::{waker, ArcWake};
+use fanout::StreamExt as _;
 use futures::Stream;
 use proptest::prelude::*;
-use support::{batch_limit, Tracked, Tracker};
+use support::model::{Handle, Model, Polled};
+use support::{Tracked, Tracker};
 
 /// One step of a program. Branch operands are reduced modulo the number of
 /// live branches.
@@ -51,6 +63,12 @@ enum Op {
     Offer,
     WakeUpstream,
     Close,
+    Snapshot(usize),
+    /// Offers several items at once.
+    OfferMany,
+    /// Polls a branch until it waits or ends (at most 32 polls), each poll a
+    /// step of its own: so that larger buffers fill up too.
+    Run(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -63,6 +81,9 @@ fn op() -> impl Strategy<Value = Op> {
         4 => Just(Op::Offer),
         1 => Just(Op::WakeUpstream),
         1 => Just(Op::Close),
+        1 => (0..8usize).prop_map(Op::Snapshot),
+        1 => Just(Op::OfferMany),
+        1 => (0..8usize).prop_map(Op::Run),
     ]
 }
 
@@ -112,286 +133,171 @@ fn change_script(script: &Mutex<Script>, change: impl FnOnce(&mut Script)) {
     }
 }
 
-/// A waker that records that it was woken.
-#[derive(Default)]
-struct WokenFlag(AtomicBool);
-
-impl ArcWake for WokenFlag {
-    fn wake_by_ref(flag: &Arc<Self>) {
-        flag.0.store(true, Ordering::SeqCst);
-    }
+/// How a program ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ending {
+    /// Everything is dropped as it is.
+    Drop,
+    /// The upstream is closed and every branch runs to its end.
+    Drain,
 }
 
-/// What a poll yields, as the model sees it.
-#[derive(Debug, PartialEq)]
-enum Yield {
-    Item(u64),
-    Missed(u64),
+/// The checks after every step (see the module docs).
+fn check_step(
+    model: &mut Model,
+    handles: &mut [Handle<Upstream>],
+    script: &Mutex<Script>,
+    tracker: &Tracker,
+) -> Result<(), String> {
+    let upstream = || {
+        let script = script.lock().unwrap();
+        (script.yielded, script.ended)
+    };
+    model.observe_upstream(upstream().0, upstream().1)?;
+    model.check_parked(handles, &upstream)?;
+    let (polls_after_end, in_upstream) = {
+        let script = script.lock().unwrap();
+        (script.polls_after_end, script.offered.len())
+    };
+    if polls_after_end > 0 {
+        return Err("the upstream was polled after its end".into());
+    }
+    model.check_bounds()?;
+    model.check_live(tracker.live(), 0, in_upstream)?;
+    model.check_clones(|value| tracker.clones_of(value))?;
+    if let Some(taker) = model.idle_branch() {
+        model.check_stats(taker, &handles[taker].stats())?;
+    }
+    Ok(())
 }
 
-/// A branch under test, of either kind.
-enum Kind {
-    Backpressure(Branch<Upstream>),
-    Lossy(Lossy<Upstream>),
-}
-
-/// A branch under test, with the task it is polled from.
-struct Handle {
-    branch: Option<Kind>,
-    flag: Arc<WokenFlag>,
-    /// It returned `Pending` and has not been polled since.
-    pending: bool,
-}
-
-impl Handle {
-    fn new(branch: Kind) -> Self {
-        Self {
-            branch: Some(branch),
-            flag: Arc::default(),
-            pending: false,
-        }
-    }
-
-    fn poll(&mut self) -> Poll<Option<Yield>> {
-        self.flag.0.store(false, Ordering::SeqCst);
-        let waker = waker(Arc::clone(&self.flag));
-        let mut cx = Context::from_waker(&waker);
-        let polled = match self.branch.as_mut().expect("a live handle") {
-            Kind::Backpressure(branch) => Pin::new(branch)
-                .poll_next(&mut cx)
-                .map(|item| item.map(|item| Yield::Item(item.value))),
-            Kind::Lossy(branch) => Pin::new(branch).poll_next(&mut cx).map(|item| {
-                item.map(|item| match item {
-                    Ok(item) => Yield::Item(item.value),
-                    Err(Lagged(missed)) => Yield::Missed(missed),
-                })
-            }),
-        };
-        self.pending = polled.is_pending();
-        polled
-    }
-
-    fn fork(&self) -> Self {
-        Self::new(match self.branch.as_ref().expect("a live handle") {
-            Kind::Backpressure(branch) => Kind::Backpressure(branch.clone()),
-            Kind::Lossy(branch) => Kind::Lossy(branch.clone()),
-        })
-    }
-
-    /// Makes the branch lossy; the task it is polled from stays the same.
-    fn make_lossy(&mut self) {
-        self.branch = self.branch.take().map(|branch| match branch {
-            Kind::Backpressure(branch) => Kind::Lossy(branch.into_lossy()),
-            lossy => lossy,
-        });
-    }
-
-    /// Whether it waits for a wake-up that has not come.
-    fn parked(&self) -> bool {
-        self.pending && !self.flag.0.load(Ordering::SeqCst)
-    }
-}
-
-/// The reference: positions and the capacity rule, nothing else.
-struct Model {
-    cap: u64,
-    /// Items offered to the upstream so far.
-    offered: u64,
-    /// Items the fanout took from the upstream.
-    pulled: u64,
-    closed: bool,
-    /// The upstream returned `None`.
-    ended: bool,
-    /// Each live branch, in the order of `handles`.
-    branches: Vec<ModelBranch>,
-}
-
-#[derive(Clone, Copy)]
-struct ModelBranch {
-    /// The position of the next item it yields.
-    position: u64,
-    lossy: bool,
-    /// Items given up since it last reported them.
-    unreported: u64,
-}
-
-impl Model {
-    fn slowest(&self) -> Option<u64> {
-        self.branches.iter().map(|branch| branch.position).min()
-    }
-
-    fn buffered(&self) -> u64 {
-        self.slowest().map_or(0, |slowest| self.pulled - slowest)
-    }
-
-    /// Whether the upstream may be polled now: there is room, or the oldest
-    /// item is held by lossy branches only, which would give it up.
-    fn room_or_evictable(&self) -> bool {
-        let slowest = self.slowest();
-        self.buffered() < self.cap
-            || self
-                .branches
-                .iter()
-                .filter(|branch| Some(branch.position) == slowest)
-                .all(|branch| branch.lossy)
-    }
-
-    fn poll(&mut self, index: usize) -> Poll<Option<Yield>> {
-        let branch = self.branches[index];
-        if branch.unreported > 0 {
-            self.branches[index].unreported = 0;
-            return Poll::Ready(Some(Yield::Missed(branch.unreported)));
-        }
-        if branch.position < self.pulled {
-            self.branches[index].position += 1;
-            return Poll::Ready(Some(Yield::Item(branch.position)));
-        }
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        if !self.room_or_evictable() {
-            return Poll::Pending;
-        }
-        if self.buffered() >= self.cap {
-            let slowest = self.slowest();
-            for branch in &mut self.branches {
-                if Some(branch.position) == slowest {
-                    branch.position += 1;
-                    branch.unreported += 1;
-                }
-            }
-        }
-        if self.pulled < self.offered {
-            // One poll pulls a batch: as many offered items as the room
-            // allows. If fewer were offered, the upstream is polled once
-            // more in the same batch, and ends there if it is closed. A lone
-            // branch with nothing buffered takes one item straight from the
-            // upstream instead.
-            let limit = batch_limit(
-                self.branches.len(),
-                self.cap as usize,
-                self.buffered() as usize,
-            ) as u64;
-            let batch = limit.min(self.offered - self.pulled);
-            if batch < limit && self.closed {
-                self.ended = true;
-            }
-            self.pulled += batch;
-            self.branches[index].position += 1;
-            return Poll::Ready(Some(Yield::Item(branch.position)));
-        }
-        if self.closed {
-            self.ended = true;
-            return Poll::Ready(None);
-        }
-        Poll::Pending
-    }
-
-    /// Whether a poll of `branch` now would return something.
-    fn can_progress(&self, index: usize) -> bool {
-        let branch = self.branches[index];
-        branch.unreported > 0
-            || branch.position < self.pulled
-            || self.ended
-            || (self.room_or_evictable() && (self.pulled < self.offered || self.closed))
-    }
-}
-
-fn run(n: usize, cap: usize, ops: &[Op]) -> Result<(), TestCaseError> {
-    let tracker = Tracker::new();
+fn run(n: usize, cap: usize, ops: &[Op], ending: Ending) -> Result<(), String> {
+    let tracker = Tracker::counting_each();
     let script = Arc::new(Mutex::new(Script::default()));
-    let mut handles: Vec<Handle> = Upstream(Arc::clone(&script))
+    let mut handles: Vec<Handle<Upstream>> = Upstream(Arc::clone(&script))
         .fanout(n, cap)
         .into_iter()
-        .map(|branch| Handle::new(Kind::Backpressure(branch)))
+        .map(Handle::new)
         .collect();
-    let mut model = Model {
-        cap: cap as u64,
-        offered: 0,
-        pulled: 0,
-        closed: false,
-        ended: false,
-        branches: vec![
-            ModelBranch {
-                position: 0,
-                lossy: false,
-                unreported: 0,
-            };
-            n
-        ],
+    let mut model = Model::new(n, cap);
+    let upstream = || {
+        let script = script.lock().unwrap();
+        (script.yielded, script.ended)
     };
+    let mut offered = 0;
+    let mut closed = false;
 
     for (step, op) in ops.iter().enumerate() {
         let live = handles.len();
-        match *op {
+        let done = match *op {
             Op::Poll(i) | Op::PollFromNewTask(i) if live > 0 => {
                 let i = i % live;
                 if let Op::PollFromNewTask(_) = op {
-                    handles[i].flag = Arc::default();
+                    handles[i].new_task();
                 }
-                let expected = model.poll(i);
-                let polled = handles[i].poll();
-                prop_assert_eq!(polled, expected, "step {}: {:?}", step, op);
+                model.poll(&mut handles, i, &upstream).map(drop)
             }
             Op::Drop(i) if live > 0 => {
                 let i = i % live;
                 drop(handles.remove(i));
-                model.branches.remove(i);
+                model.remove(i);
+                Ok(())
             }
             Op::Clone(i) if live > 0 => {
                 let i = i % live;
-                let fork = handles[i].fork();
-                handles.push(fork);
-                model.branches.push(ModelBranch {
-                    unreported: 0,
-                    ..model.branches[i]
-                });
+                let fork = handles[i].fork_counting_copies();
+                let id = fork.handle.id();
+                handles.push(fork.handle);
+                model.fork(i, id, fork.start, fork.copied).map(drop)
             }
             Op::MakeLossy(i) if live > 0 => {
                 let i = i % live;
                 handles[i].make_lossy();
-                model.branches[i].lossy = true;
+                model.make_lossy(i);
+                Ok(())
             }
-            Op::Offer if !model.closed => {
-                let item = tracker.item(model.offered);
-                change_script(&script, |script| script.offered.push_back(item));
-                model.offered += 1;
+            Op::Offer | Op::OfferMany if !closed => {
+                let count = if let Op::Offer = op { 1 } else { 4 };
+                for _ in 0..count {
+                    let item = tracker.item(offered);
+                    change_script(&script, |script| script.offered.push_back(item));
+                    offered += 1;
+                }
+                Ok(())
             }
-            Op::WakeUpstream => change_script(&script, |_| {}),
+            Op::Run(i) if live > 0 => {
+                let i = i % live;
+                let mut done = Ok(());
+                for _ in 0..32 {
+                    match model.poll(&mut handles, i, &upstream) {
+                        Ok((Polled::Item(_) | Polled::Lagged(_), item)) => {
+                            drop(item);
+                            if let Err(error) =
+                                check_step(&mut model, &mut handles, &script, &tracker)
+                            {
+                                done = Err(error);
+                                break;
+                            }
+                        }
+                        Ok(_) => break,
+                        Err(error) => {
+                            done = Err(error);
+                            break;
+                        }
+                    }
+                }
+                done
+            }
+            Op::WakeUpstream => {
+                change_script(&script, |_| {});
+                Ok(())
+            }
             Op::Close => {
                 change_script(&script, |script| script.closed = true);
-                model.closed = true;
+                closed = true;
+                Ok(())
             }
-            _ => {}
-        }
-
-        let (yielded, polls_after_end) = {
-            let script = script.lock().unwrap();
-            (script.yielded, script.polls_after_end)
+            Op::Snapshot(i) if live > 0 => {
+                let i = i % live;
+                let stats = handles[i].stats();
+                model.check_stats(i, &stats).and_then(|()| {
+                    // Both exact now: the snapshot released its reservation.
+                    let lag = handles[i].lag();
+                    let entry = stats.branches.iter().find(|b| b.id == handles[i].id());
+                    match entry {
+                        Some(entry) if entry.lag == lag => Ok(()),
+                        _ => Err(format!("lag() {lag} disagrees with {entry:?}")),
+                    }
+                })
+            }
+            _ => Ok(()),
         };
-        prop_assert_eq!(yielded, model.pulled, "step {}: items pulled", step);
-        prop_assert_eq!(polls_after_end, 0, "step {}: polled after the end", step);
-        prop_assert!(model.buffered() <= model.cap);
-        let expected_live = (model.offered - model.pulled) + model.buffered();
-        prop_assert_eq!(
-            tracker.live() as u64,
-            expected_live,
-            "step {}: live items (upstream + buffer)",
-            step
-        );
-        for (i, handle) in handles.iter().enumerate() {
-            prop_assert!(
-                !(handle.parked() && model.can_progress(i)),
-                "step {}: branch {} can make progress but was not woken",
-                step,
-                i
-            );
-        }
+        done.and_then(|()| check_step(&mut model, &mut handles, &script, &tracker))
+            .map_err(|error| format!("step {step} ({op:?}): {error}"))?;
+    }
+
+    if ending == Ending::Drain {
+        change_script(&script, |script| script.closed = true);
+        check_step(&mut model, &mut handles, &script, &tracker)
+            .and_then(|()| {
+                model.drain(&mut handles, &upstream, 100_000, |model, handles| {
+                    check_step(model, handles, &script, &tracker)
+                })
+            })
+            .map_err(|error| format!("draining: {error}"))?;
     }
 
     drop(handles);
+    if Arc::strong_count(&script) != 1 {
+        return Err("the upstream outlived every branch".into());
+    }
     drop(script);
-    prop_assert_eq!(tracker.live(), 0, "items alive after everything is dropped");
+    if tracker.live() != 0 {
+        return Err(format!(
+            "{} items alive after everything is dropped",
+            tracker.live()
+        ));
+    }
     Ok(())
 }
 
@@ -401,12 +307,18 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
+    // Small capacities for the edge cases; larger ones too, because a branch
+    // reads ahead, and pulls, only a share of the capacity at a time: with a
+    // capacity of 4 or less, a share may be a single item.
     #[test]
-    fn fanout_behaves_like_the_model(
+    fn fanout_keeps_the_models_promises(
         n in 1..=4usize,
-        cap in 1..=4usize,
+        cap in prop_oneof![1..=4usize, 5..=16usize],
         ops in proptest::collection::vec(op(), 0..200),
     ) {
-        run(n, cap, &ops)?;
+        for ending in [Ending::Drop, Ending::Drain] {
+            run(n, cap, &ops, ending)
+                .map_err(|error| TestCaseError::fail(format!("{ending:?}: {error}")))?;
+        }
     }
 }

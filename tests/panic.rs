@@ -78,6 +78,24 @@ where
     try_poll(task, branch).map(|poll| poll.map(|item| item.map(|item| item.value)))
 }
 
+/// A capacity with room for a batch of several items: the poller of an
+/// empty buffer may pull that far ahead (a share of the free room), so that
+/// a panic in a later poll of the same batch can be held. (With a tiny
+/// capacity, every batch is one item.)
+const ROOMY: usize = 64;
+
+/// Asserts that the items alive are exactly those the fanout counts, the
+/// buffered ones and the read-ahead, and within the capacity.
+fn assert_live_items_are_counted<S: Stream>(tracker: &Tracker, branch: &Branch<S>) {
+    let stats = branch.stats();
+    assert_eq!(
+        tracker.live(),
+        stats.buffered + stats.read_ahead,
+        "live items that the fanout does not count: {stats:?}"
+    );
+    assert!(stats.buffered + stats.read_ahead <= stats.capacity);
+}
+
 fn branches<T, const N: usize>(v: Vec<T>) -> [T; N] {
     v.try_into().ok().expect("as many branches as asked for")
 }
@@ -87,27 +105,30 @@ fn branches<T, const N: usize>(v: Vec<T>) -> [T; N] {
 /// message, and the upstream is never polled again.
 ///
 /// A's first poll pulls a batch: items 0 to 2, then the poll that panics
-/// (the buffer has room for four). That panic comes after the batch's first
-/// item, so it is held: A gets item 0, and the upstream is already dropped.
-/// A reads items 1 and 2 from the buffer, and its next poll, the first to
+/// (the buffer is empty and has room for [`ROOMY`] items, so the poller pulls
+/// ahead that far). That panic comes after the batch's first item, so it is
+/// held: A gets item 0, and the upstream is already dropped. A reads items 1
+/// and 2 (from its read-ahead or the buffer), and its next poll, the first to
 /// read past them, gets the upstream's own panic.
 #[test]
 fn the_poller_gets_the_upstream_panic_and_the_others_drain_then_panic() {
     let tracker = Tracker::new();
     let (upstream, counts, dropped) = panicking_upstream(&tracker, 3, BOOM);
-    let [mut a, mut b, mut c] = branches(upstream.fanout(3, 4));
+    let [mut a, mut b, mut c] = branches(upstream.fanout(3, ROOMY));
     let (mut ta, mut tb, mut tc) = (spawn(()), spawn(()), spawn(()));
 
     assert_eq!(try_next_value(&mut ta, &mut a), Ok(Poll::Ready(Some(0))));
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "scenario: A's first poll pulls ahead through items 0 to 2 and meets the panic, \
+         and the panicked upstream is dropped"
+    );
     assert_eq!(
         counts.polls(),
         4,
-        "A's first poll pulls items 0 to 2 and meets the panic"
+        "items 0 to 2, then the poll that panicked"
     );
-    assert!(
-        dropped.load(Ordering::SeqCst),
-        "the panicked upstream is dropped"
-    );
+    assert_live_items_are_counted(&tracker, &a);
     assert_eq!((a.lag(), b.lag(), c.lag()), (2, 3, 3));
     expect_values(&mut ta, &mut a, 1..3);
     let err =
@@ -146,13 +167,17 @@ fn the_poller_gets_the_upstream_panic_and_the_others_drain_then_panic() {
 fn a_panic_after_a_batchs_first_item_reaches_the_first_branch_to_read_past_the_batch() {
     let tracker = Tracker::new();
     let (upstream, counts, dropped) = panicking_upstream(&tracker, 2, BOOM);
-    let [mut a, mut b, mut c] = branches(upstream.fanout(3, 4));
+    let [mut a, mut b, mut c] = branches(upstream.fanout(3, ROOMY));
     let (mut ta, mut tb, mut tc) = (spawn(()), spawn(()), spawn(()));
 
     assert_eq!(try_next_value(&mut ta, &mut a), Ok(Poll::Ready(Some(0))));
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "scenario: A's first poll pulls ahead through items 0 and 1 and meets the panic"
+    );
     assert_eq!(counts.polls(), 3, "items 0 and 1, then the panic");
-    assert!(dropped.load(Ordering::SeqCst));
-    assert_eq!(tracker.live(), 2, "items 0 and 1 are buffered");
+    assert_eq!((a.lag(), b.lag(), c.lag()), (1, 2, 2));
+    assert_live_items_are_counted(&tracker, &a);
 
     expect_values(&mut tb, &mut b, 0..2);
     let err = try_next_value(&mut tb, &mut b)
@@ -336,14 +361,14 @@ fn branches_waiting_on_the_upstream_are_woken_when_it_panics() {
 }
 
 /// As above, but the upstream yields an item before it panics, in the same
-/// poll of A (a batch): A gets the item, not the panic, and B, parked during
-/// A's poll, and D, waiting since an earlier `Pending`, are woken. Each
-/// reads the item; B, the first to read past it, gets the upstream's own
-/// panic, and D the fanout's message.
+/// poll of A (a batch: the buffer has room for [`ROOMY`]): A gets the item,
+/// not the panic, and B, parked during A's poll, and D, waiting since an
+/// earlier `Pending`, are woken. Each reads the item; B, the first to read
+/// past it, gets the upstream's own panic, and D the fanout's message.
 #[test]
 fn branches_waiting_on_the_upstream_are_woken_when_it_panics_after_an_item() {
     let (upstream, steps, events) = gated();
-    let [mut a, mut b, mut d] = branches(upstream.fanout(3, 4));
+    let [mut a, mut b, mut d] = branches(upstream.fanout(3, ROOMY));
     let (mut ta, mut tb, mut td) = (spawn(()), spawn(()), spawn(()));
     let expect_entered = || expect_entered(&events);
 

@@ -15,7 +15,7 @@
 mod support;
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -396,6 +396,77 @@ fn a_waker_woken_by_freed_room_polls_its_own_branch_and_another() {
     });
 }
 
+/// Capacity 16: `fast` is `cap` items ahead and waits for room; `slow`
+/// takes a batch into its read-ahead. When `slow` yields the last item of
+/// it, its reservation is released, which wakes `fast`'s waker, inside
+/// `slow`'s poll: the waker polls `fast` (which pulls the next item), takes
+/// a snapshot of the stats, and drops `fast`. No lock is held: none of this
+/// deadlocks, and `slow` then reads every item alone.
+#[test]
+fn a_waker_woken_by_a_released_read_ahead_polls_and_drops_its_branch() {
+    const CAP: usize = 16;
+    const ITEMS: u64 = 40;
+    hang_guard(|| {
+        let tracker = Tracker::new();
+        let [fast, mut slow] = two(tracker.stream(ITEMS).fanout(2, CAP));
+        let fast = share(fast);
+        let woken_got = seen();
+
+        for item in 0..CAP as u64 {
+            assert_eq!(
+                poll_shared(&fast, noop_waker_ref()),
+                Poll::Ready(Some(item))
+            );
+        }
+        let waker = CallbackWaker::on_wake({
+            let (fast, got) = (Arc::clone(&fast), Arc::clone(&woken_got));
+            move || {
+                let polled = poll_shared(&fast, noop_waker_ref());
+                let stats = fast
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .expect("fast is there")
+                    .stats();
+                drop(take(&fast));
+                record(&got, (polled, stats));
+            }
+        });
+        assert_pending!(poll_shared(&fast, &waker), "fast is `cap` items ahead");
+        drop(waker);
+
+        assert_eq!(value(poll_once(&mut slow)), Poll::Ready(Some(0)));
+        let held = slow.stats().read_ahead as u64;
+        assert!(held >= 1, "scenario: slow took a batch into its read-ahead");
+        for item in 1..=held {
+            assert!(
+                woken_got.lock().unwrap().is_empty(),
+                "fast's waker ran before slow yielded its read-ahead"
+            );
+            assert_eq!(value(poll_once(&mut slow)), Poll::Ready(Some(item)));
+        }
+        let got = std::mem::take(&mut *woken_got.lock().unwrap());
+        let [(polled, stats)]: [_; 1] = got.try_into().unwrap_or_else(|got: Vec<_>| {
+            panic!(
+                "slow yielded its read-ahead: fast's waker must have run once, ran {} times",
+                got.len()
+            )
+        });
+        assert_eq!(
+            polled,
+            Poll::Ready(Some(CAP as u64)),
+            "fast pulled its next item"
+        );
+        assert!(stats.buffered + stats.read_ahead <= CAP, "{stats:?}");
+        assert!(is_gone(&fast));
+
+        let rest: Vec<_> = collect_all([slow]).remove(0);
+        assert_eq!(values(&rest), (held + 1..ITEMS).collect::<Vec<_>>());
+        drop(rest);
+        assert_eq!(tracker.live(), 0);
+    });
+}
+
 /// A waits on the channel; an item wakes A's waker, which polls A itself
 /// (which pulls the item from the channel, inside the channel's wake-up)
 /// and B, which waits on the channel as well.
@@ -526,50 +597,78 @@ fn a_waker_woken_by_the_upstream_drops_the_last_other_branch() {
 // ---------------------------------------------------------------------------
 
 /// An upstream that wakes the waker it is polled with from inside
-/// `poll_next`: poll 1 returns `Pending`; poll 2 wakes, then yields item 0;
-/// poll 3 returns `Pending` without waking; poll 4 wakes, then returns
-/// `Pending` (a cooperative yield); poll 5 yields item 1; then it ends.
+/// `poll_next`, in phases that the test starts ([`SelfWaking::start`]):
 ///
-/// A branch that polls the upstream polls it again while it yields items
-/// (a batch): poll 3 ends the batch of poll 2, so that the cooperative yield
-/// of poll 4 comes alone, in a poll of its own.
-fn self_waking_upstream(tracker: &Arc<Tracker>) -> impl Stream<Item = Tracked> + Send + Unpin {
+/// 1. (from the start) it returns `Pending`;
+/// 2. it wakes, then yields item 0, then returns `Pending` without waking;
+/// 3. it wakes, then returns `Pending` (a cooperative yield); then it yields
+///    item 1, then ends.
+///
+/// A branch that polls the upstream may poll it again while it yields items
+/// (a batch, of a size that is the fanout's business): the `Pending` after
+/// item 0 ends such a batch, and phase 3 waits for the test, so that the
+/// cooperative yield comes alone, in a poll of its own, whatever the size
+/// of the batches.
+fn self_waking_upstream(
+    tracker: &Arc<Tracker>,
+) -> (impl Stream<Item = Tracked> + Send + Unpin, SelfWaking) {
     let tracker = Arc::clone(tracker);
-    let mut polls = 0;
-    stream::poll_fn(move |cx: &mut Context<'_>| {
-        polls += 1;
-        match polls {
-            1 | 3 => Poll::Pending,
-            2 => {
-                cx.waker().wake_by_ref();
-                Poll::Ready(Some(tracker.item(0)))
-            }
-            4 => {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-            5 => Poll::Ready(Some(tracker.item(1))),
-            _ => Poll::Ready(None),
-        }
-    })
+    let phase = SelfWaking(Arc::new(AtomicUsize::new(1)));
+    let step = SelfWaking(Arc::clone(&phase.0));
+    let upstream =
+        stream::poll_fn(
+            move |cx: &mut Context<'_>| match step.0.load(Ordering::SeqCst) {
+                2 => {
+                    step.0.store(WAIT_FOR_PHASE_3, Ordering::SeqCst);
+                    cx.waker().wake_by_ref();
+                    Poll::Ready(Some(tracker.item(0)))
+                }
+                3 => {
+                    step.0.store(ITEM_1, Ordering::SeqCst);
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                ITEM_1 => {
+                    step.0.store(END, Ordering::SeqCst);
+                    Poll::Ready(Some(tracker.item(1)))
+                }
+                END => Poll::Ready(None),
+                _ => Poll::Pending,
+            },
+        );
+    (upstream, phase)
+}
+
+/// The phases of [`self_waking_upstream`] after the ones the test starts.
+const WAIT_FOR_PHASE_3: usize = 20;
+const ITEM_1: usize = 30;
+const END: usize = 40;
+
+/// Starts the phases of a [`self_waking_upstream`].
+struct SelfWaking(Arc<AtomicUsize>);
+
+impl SelfWaking {
+    fn start(&self, phase: usize) {
+        self.0.store(phase, Ordering::SeqCst);
+    }
 }
 
 /// The upstream wakes the fanout's waker synchronously from inside A's
 /// poll; that wakes B's waker, which polls B and C while A is still inside
 /// the upstream: both must wait, not deadlock, and be woken by the item A
-/// then pushes (A's batch ends on poll 3, which does not wake). Later the
-/// upstream's self-wake during A's poll runs A's own waker, which polls C,
-/// which polls the upstream again (polls 5 and 6: item 1 and the end).
+/// then pushes. Later the upstream's self-wake during A's poll runs A's own
+/// waker, which polls C, which polls the upstream again and gets item 1.
 #[test]
 fn an_upstream_that_wakes_itself_runs_wakers_that_poll_branches() {
     hang_guard(|| {
         let tracker = Tracker::new();
-        let [mut a, b, c] = three(self_waking_upstream(&tracker).fanout(3, 4));
+        let (upstream, phases) = self_waking_upstream(&tracker);
+        let [mut a, b, c] = three(upstream.fanout(3, 4));
         let (b, c) = (share(b), share(c));
         let (b_flag, c_flag) = (WakeFlag::new(), WakeFlag::new());
         let woken_got = seen();
 
-        // Poll 1: B waits on the upstream, with a waker that polls B and C.
+        // Phase 1: B waits on the upstream, with a waker that polls B and C.
         let b_waker = CallbackWaker::on_wake({
             let (b, c, got) = (Arc::clone(&b), Arc::clone(&c), Arc::clone(&woken_got));
             let (b_waker, c_waker) = (b_flag.waker(), c_flag.waker());
@@ -582,8 +681,9 @@ fn an_upstream_that_wakes_itself_runs_wakers_that_poll_branches() {
         assert_pending!(poll_shared(&b, &b_waker));
         drop(b_waker);
 
-        // Polls 2 and 3, by A: the upstream's wake-up runs B's waker, inside
+        // Phase 2, polled by A: the upstream's wake-up runs B's waker, inside
         // A's poll of the upstream.
+        phases.start(2);
         let mut ta = spawn(());
         assert_eq!(value(poll(&mut ta, &mut a)), Poll::Ready(Some(0)));
         assert_eq!(
@@ -596,8 +696,9 @@ fn an_upstream_that_wakes_itself_runs_wakers_that_poll_branches() {
         assert_eq!(poll_shared(&b, noop_waker_ref()), Poll::Ready(Some(0)));
         assert_eq!(poll_shared(&c, noop_waker_ref()), Poll::Ready(Some(0)));
 
-        // Poll 4, by A: a cooperative yield wakes A's own waker, which polls
-        // C; C polls the upstream (polls 5 and 6) and gets item 1.
+        // Phase 3, polled by A: a cooperative yield wakes A's own waker,
+        // which polls C; C polls the upstream and gets item 1.
+        phases.start(3);
         let c_got = seen();
         let a_waker = CallbackWaker::on_wake({
             let (c, c_got) = (Arc::clone(&c), Arc::clone(&c_got));
@@ -625,42 +726,54 @@ fn an_upstream_that_wakes_itself_runs_wakers_that_poll_branches() {
 // An upstream whose `poll_next` polls and drops branches of its own fanout.
 // ---------------------------------------------------------------------------
 
-/// Wraps a stream, and after each of its first `items` items returns
-/// `Pending` once, without polling it or waking; then it passes every poll
-/// through.
+/// Wraps a stream, and passes on only as many items as the test allows
+/// ([`Ration::allow`]): once it has passed them, it returns `Pending`
+/// without polling the stream or waking, until the test allows more.
 ///
-/// A branch that polls the upstream polls it again while it yields items (a
-/// batch): the `Pending` ends the batch after one item, so that each of the
-/// first `items` polls of the upstream by a branch pulls one item, and polls
-/// the wrapped stream once. The `Pending` never comes first in a branch's
-/// poll, so no branch waits for it.
-struct OneItemPerPoll<S> {
+/// A branch that polls the upstream may poll it again while it yields items
+/// (a batch): the ration ends the batch, so that each of the branch's polls
+/// pulls exactly the items the test allowed, and polls the wrapped stream
+/// once per item. The ration never runs out at the start of a branch's
+/// poll of the upstream, so no branch waits for it.
+struct Rationed<S> {
     inner: S,
-    items: usize,
-    owe_pending: bool,
+    passed: usize,
+    allowed: Arc<AtomicUsize>,
 }
 
-impl<S> OneItemPerPoll<S> {
-    fn new(inner: S, items: usize) -> Self {
-        Self {
-            inner,
-            items,
-            owe_pending: false,
-        }
+/// The items a [`Rationed`] upstream may pass in all.
+struct Ration(Arc<AtomicUsize>);
+
+impl Ration {
+    fn allow(&self, items: usize) {
+        self.0.store(items, Ordering::SeqCst);
     }
 }
 
-impl<S: Stream + Unpin> Stream for OneItemPerPoll<S> {
+impl<S> Rationed<S> {
+    /// Wraps `inner`, with a ration of `allowed` items.
+    fn new(inner: S, allowed: usize) -> (Self, Ration) {
+        let allowed = Arc::new(AtomicUsize::new(allowed));
+        let ration = Ration(Arc::clone(&allowed));
+        let stream = Self {
+            inner,
+            passed: 0,
+            allowed,
+        };
+        (stream, ration)
+    }
+}
+
+impl<S: Stream + Unpin> Stream for Rationed<S> {
     type Item = S::Item;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
-        if std::mem::take(&mut self.owe_pending) {
+        if self.passed >= self.allowed.load(Ordering::SeqCst) {
             return Poll::Pending;
         }
         let polled = Pin::new(&mut self.inner).poll_next(cx);
-        if matches!(polled, Poll::Ready(Some(_))) && self.items > 0 {
-            self.items -= 1;
-            self.owe_pending = true;
+        if matches!(polled, Poll::Ready(Some(_))) {
+            self.passed += 1;
         }
         polled
     }
@@ -672,15 +785,15 @@ impl<S: Stream + Unpin> Stream for OneItemPerPoll<S> {
 /// time B reads a buffered item, and the upstream drops C, the last reader
 /// of that item, which frees it.
 ///
-/// Each of A's two polls pulls one item ([`OneItemPerPoll`]), and runs the
-/// hook once: without that, A's first poll would pull items 0 to 3 in one
-/// batch, and its second would read item 1 from the buffer.
+/// Each of A's two polls pulls one item ([`Rationed`]), and runs the hook
+/// once: without that, A's first poll could pull several items in one
+/// batch, and its second read item 1 from its read-ahead or the buffer.
 #[test]
 fn an_upstream_that_polls_and_drops_branches_of_its_own_fanout() {
     hang_guard(|| {
         let tracker = Tracker::new();
         let (upstream, hook) = Hooked::new(tracker.stream(5));
-        let upstream = OneItemPerPoll::new(upstream, 2);
+        let (upstream, ration) = Rationed::new(upstream, 1);
         let [mut a, b, c] = three(upstream.fanout(3, 4));
         let (b, c) = (share(b), share(c));
         let b_flag = WakeFlag::new();
@@ -711,6 +824,7 @@ fn an_upstream_that_polls_and_drops_branches_of_its_own_fanout() {
         );
         assert!(b_flag.take(), "the item A pushed must wake B");
 
+        ration.allow(2);
         assert_eq!(value(poll_once(&mut a)), Poll::Ready(Some(1)));
         assert_eq!(
             *b_got.lock().unwrap(),
@@ -727,6 +841,7 @@ fn an_upstream_that_polls_and_drops_branches_of_its_own_fanout() {
         // The hook holds B: remove it, so that B can be taken and the hook
         // does not keep the fanout alive.
         clear_hook(&hook);
+        ration.allow(usize::MAX);
         let got = collect_all([a, take(&b)]);
         assert_eq!(values(&got[0]), [2, 3, 4]);
         assert_eq!(values(&got[1]), [1, 2, 3, 4]);

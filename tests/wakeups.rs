@@ -26,11 +26,17 @@ use futures::{stream, Stream, StreamExt};
 use tokio_test::assert_pending;
 use tokio_test::task::{spawn, Spawn};
 
-use support::{poll_once, Tracker};
+use support::{poll_once, Tracked, Tracker};
 
 /// Generous bound on how long a test waits for another thread: a hang guard
 /// only, never reached when the crate works.
 const HANG_GUARD: Duration = Duration::from_secs(30);
+
+/// A capacity with room for a batch of several items: the branch that polls
+/// the upstream may pull ahead up to a share of the free room, so with this
+/// capacity and an empty buffer it pulls several items in one poll. (With a
+/// small capacity, every batch may be a single item.)
+const ROOMY: usize = 64;
 
 /// Polls `stream` once from `task`, whose waker records the wake-ups.
 fn poll<S: Stream + Unpin>(task: &mut Spawn<()>, stream: &mut S) -> Poll<Option<S::Item>> {
@@ -129,9 +135,17 @@ fn dropping_the_last_poller_does_not_strand_the_first() {
 
 /// (b) A polls the empty upstream, B waits on it too, A stays alive but is
 /// never polled again: B is woken and gets the item, and A gets it later.
+///
+/// B runs four items ahead of A. The capacity leaves room for that and for
+/// the room A may be promised while it waits (at most a quarter of `cap`):
+/// B never waits for room here, only for the upstream.
 #[test]
 fn a_busy_poller_does_not_strand_a_waiting_branch() {
-    let (tx, [mut a, mut b], [mut ta, mut tb]) = two_waiting_on_a_channel();
+    let (tx, branches) = channel_fanout(2, 8);
+    let [mut a, mut b] = two(branches);
+    let (mut ta, mut tb) = (spawn(()), spawn(()));
+    assert_pending!(poll(&mut ta, &mut a));
+    assert_pending!(poll(&mut tb, &mut b));
     send_and_expect_woken(&tx, 1, &mut tb, &mut b);
 
     // B goes on alone while A is busy elsewhere: every item wakes it.
@@ -357,6 +371,245 @@ fn a_room_waiter_gets_its_items_in_order_once_the_slow_branch_reads() {
     assert!(tf.is_woken());
     assert_eq!(poll(&mut tf, &mut fast), Poll::Ready(None));
     assert_eq!(poll(&mut ts, &mut slow), Poll::Ready(None));
+}
+
+// ---------------------------------------------------------------------------
+// Read-ahead: room that a branch's read-ahead holds, and cancellation.
+// ---------------------------------------------------------------------------
+
+/// The capacity of the read-ahead tests: room for batches of several items.
+const READ_AHEAD_CAP: usize = 16;
+
+/// Tracked items `0..len` fanned out into a fast and a slow branch of
+/// capacity [`READ_AHEAD_CAP`]. The fast one reads until it waits for room:
+/// it is then exactly `cap` items ahead, since the slow one holds no
+/// read-ahead and was never promised room (it never waited).
+fn fast_waiting_for_room(
+    tracker: &Arc<Tracker>,
+    len: u64,
+) -> (
+    [Branch<impl Stream<Item = Tracked> + Unpin>; 2],
+    [Spawn<()>; 2],
+) {
+    let [mut fast, slow] = two(tracker.stream(len).fanout(2, READ_AHEAD_CAP));
+    let (mut tf, ts) = (spawn(()), spawn(()));
+    for item in 0..READ_AHEAD_CAP as u64 {
+        assert_eq!(value(poll(&mut tf, &mut fast)), Poll::Ready(Some(item)));
+    }
+    assert_pending!(
+        poll(&mut tf, &mut fast),
+        "the fast branch is `cap` items ahead"
+    );
+    assert_within_bound(tracker, &fast);
+    ([fast, slow], [tf, ts])
+}
+
+/// The value a poll yielded, so that the tracked item itself is dropped.
+fn value(polled: Poll<Option<Tracked>>) -> Poll<Option<u64>> {
+    polled.map(|item| item.map(|item| item.value))
+}
+
+/// Asserts the memory bound: the items alive are the ones the fanout
+/// counts, buffered or read ahead, and at most `cap` of them.
+fn assert_within_bound<S: Stream>(tracker: &Tracker, branch: &Branch<S>) {
+    let stats = branch.stats();
+    assert!(
+        tracker.live() <= stats.capacity && stats.buffered + stats.read_ahead <= stats.capacity,
+        "{} items alive, more than the capacity: {stats:?}",
+        tracker.live()
+    );
+}
+
+/// The items left in the read-ahead of `branch`, which has just polled:
+/// its own snapshot counts its read-ahead exactly, and no other branch of
+/// the tests that call this holds any.
+fn read_ahead_of<S: Stream>(branch: &Branch<S>) -> usize {
+    branch.stats().read_ahead
+}
+
+/// The slow branch takes a batch into its read-ahead: the room those items
+/// held is not free until it has yielded the last of them, so the fast
+/// branch, waiting for room, cannot go on before (if it is woken early, it
+/// still waits). When the slow branch yields the last item of its
+/// read-ahead, its reservation is released: the fast branch is woken, and
+/// gets its next item.
+#[test]
+fn a_branch_waiting_for_room_is_woken_when_the_slowest_yields_the_last_item_of_its_read_ahead() {
+    let tracker = Tracker::new();
+    let ([mut fast, mut slow], [mut tf, mut ts]) = fast_waiting_for_room(&tracker, 40);
+    let cap = READ_AHEAD_CAP as u64;
+
+    assert_eq!(value(poll(&mut ts, &mut slow)), Poll::Ready(Some(0)));
+    let held = read_ahead_of(&slow);
+    assert!(
+        held >= 1,
+        "scenario: with this capacity, the slow branch takes several buffered items in one batch"
+    );
+    assert_within_bound(&tracker, &slow);
+    // The slow branch yields its read-ahead but the last item.
+    for item in 1..held as u64 {
+        if tf.is_woken() {
+            assert_pending!(
+                poll(&mut tf, &mut fast),
+                "the slow branch's read-ahead still holds the room (it yielded {item} items)"
+            );
+        }
+        assert_eq!(value(poll(&mut ts, &mut slow)), Poll::Ready(Some(item)));
+        assert_within_bound(&tracker, &slow);
+    }
+    if tf.is_woken() {
+        assert_pending!(
+            poll(&mut tf, &mut fast),
+            "the slow branch's read-ahead still holds the room"
+        );
+    }
+
+    // The last item of the read-ahead.
+    let last = held as u64;
+    assert_eq!(value(poll(&mut ts, &mut slow)), Poll::Ready(Some(last)));
+    assert!(
+        tf.is_woken(),
+        "the slow branch yielded the last item of its read-ahead, which released its room, \
+         but the fast branch, waiting for room, was not woken"
+    );
+    assert_eq!(value(poll(&mut tf, &mut fast)), Poll::Ready(Some(cap)));
+    assert_within_bound(&tracker, &fast);
+
+    // Both go on to the end, in order, neither more than `cap` items ahead
+    // of what the other has yielded, each polled again only once woken.
+    let mut read = [cap + 1, last + 1];
+    let mut waiting = [false, false];
+    let mut ended = [false, false];
+    let mut tasks = [tf, ts];
+    let mut branches = [fast, slow];
+    while ended != [true, true] {
+        let mut polled_any = false;
+        for i in 0..2 {
+            if ended[i] || (waiting[i] && !tasks[i].is_woken()) {
+                continue;
+            }
+            polled_any = true;
+            match value(poll(&mut tasks[i], &mut branches[i])) {
+                Poll::Ready(Some(item)) => {
+                    assert_eq!(item, read[i], "branch {i} out of order");
+                    read[i] += 1;
+                    waiting[i] = false;
+                }
+                Poll::Ready(None) => {
+                    assert_eq!(read[i], 40, "branch {i} ended early");
+                    ended[i] = true;
+                }
+                Poll::Pending => waiting[i] = true,
+            }
+            assert!(
+                read[0].abs_diff(read[1]) <= cap,
+                "a branch yielded more than `cap` items ahead of the other: {read:?}"
+            );
+            assert_within_bound(&tracker, &branches[i]);
+        }
+        assert!(
+            polled_any,
+            "both branches wait and neither was woken: a lost wake-up ({read:?})"
+        );
+    }
+    drop(branches);
+    assert_eq!(tracker.live(), 0);
+    assert_eq!(tracker.clones(), 40, "one clone per item for two branches");
+}
+
+/// The slow branch is dropped while its read-ahead holds items: its
+/// read-ahead and the items only it had left to read are dropped, and the
+/// fast branch, waiting for room, is woken and reads to the end alone.
+#[test]
+fn a_branch_waiting_for_room_is_woken_when_the_slowest_is_dropped_with_a_read_ahead() {
+    let tracker = Tracker::new();
+    let ([mut fast, mut slow], [mut tf, mut ts]) = fast_waiting_for_room(&tracker, 40);
+
+    assert_eq!(value(poll(&mut ts, &mut slow)), Poll::Ready(Some(0)));
+    assert!(
+        read_ahead_of(&slow) >= 1,
+        "scenario: the slow branch holds a read-ahead"
+    );
+    drop(slow);
+    assert_eq!(
+        tracker.live(),
+        0,
+        "the slow branch's read-ahead and the items only it had left to read are dropped"
+    );
+    assert!(
+        tf.is_woken(),
+        "the slow branch was dropped with its read-ahead, but the fast one was not woken"
+    );
+    for item in READ_AHEAD_CAP as u64..40 {
+        assert_eq!(value(poll(&mut tf, &mut fast)), Poll::Ready(Some(item)));
+    }
+    assert_eq!(value(poll(&mut tf, &mut fast)), Poll::Ready(None));
+    drop(fast);
+    assert_eq!(tracker.live(), 0);
+}
+
+/// A's `next()` future waits on the empty channel and is cancelled; B's
+/// poll pulls a batch, which A, waiting, is promised room for, and B yields
+/// the whole batch. A's next `next()` future takes the items into A's
+/// read-ahead; `next()` futures dropped then (unpolled, or beaten by another
+/// future in a `select`) lose nothing: A yields every item, in order, and
+/// its lag counts its read-ahead all along.
+#[test]
+fn a_dropped_next_future_loses_nothing_of_a_non_empty_read_ahead() {
+    const ITEMS: u32 = 10;
+    let (tx, branches) = channel_fanout(2, READ_AHEAD_CAP);
+    let [mut a, mut b] = two(branches);
+
+    let mut first = spawn(a.next());
+    assert_pending!(first.poll());
+    drop(first);
+
+    for item in 0..ITEMS {
+        tx.unbounded_send(item).unwrap();
+    }
+    // B yields the batch it pulls, until it holds no read-ahead.
+    let mut tb = spawn(());
+    let mut b_read = 0;
+    loop {
+        assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(b_read)));
+        b_read += 1;
+        if read_ahead_of(&b) == 0 {
+            break;
+        }
+    }
+    assert_eq!(a.lag(), b_read as usize, "A has yielded nothing yet");
+
+    let mut second = spawn(a.next());
+    assert_eq!(second.poll(), Poll::Ready(Some(0)));
+    drop(second);
+    assert!(
+        read_ahead_of(&a) >= 1,
+        "scenario: A took several items into its read-ahead"
+    );
+    for expected in 1..ITEMS {
+        let lag = a.lag();
+        // Dropped without being polled.
+        drop(a.next());
+        // Beaten by a ready future, and dropped without being polled.
+        assert!(matches!(
+            futures::executor::block_on(futures::future::select(
+                futures::future::ready(()),
+                a.next(),
+            )),
+            futures::future::Either::Left(_)
+        ));
+        assert_eq!(a.lag(), lag, "a dropped next() future took an item");
+        let mut next = spawn(a.next());
+        assert_eq!(
+            next.poll(),
+            Poll::Ready(Some(expected)),
+            "A lost or repeated an item"
+        );
+    }
+    drop(tx);
+    assert_eq!(futures::executor::block_on(a.collect::<Vec<_>>()), []);
+    let rest: Vec<_> = futures::executor::block_on(b.collect());
+    assert_eq!(rest, (b_read..ITEMS).collect::<Vec<_>>());
 }
 
 // ---------------------------------------------------------------------------
@@ -620,6 +873,10 @@ enum Step {
     Wake,
     /// Return this from `poll_next`.
     Return(Poll<Option<u32>>),
+    /// Return this item from `poll_next`, and end the batch there: if the
+    /// same poll of the branch polls the upstream again, that `poll_next`
+    /// returns `Pending` at once, without waking, reporting or taking a step.
+    YieldOne(u32),
 }
 
 /// The test's side of a gated upstream.
@@ -629,6 +886,10 @@ struct Gate {
     events: std_mpsc::Receiver<&'static str>,
     /// The waker of the latest `poll_next`.
     stored: Arc<Mutex<Option<Waker>>>,
+    /// Counts the polls of branches made through the gate ([`Gate::poll`],
+    /// [`Gate::poll_inside`]): the upstream tells by it whether a
+    /// `poll_next` belongs to the same poll of a branch as the one before.
+    branch_polls: Arc<AtomicUsize>,
 }
 
 impl Gate {
@@ -644,14 +905,22 @@ impl Gate {
         self.steps.send(step).expect("the gated upstream is gone");
     }
 
-    /// Answers the current `poll_next` with `item`, and the next one with
-    /// `Pending`: a branch that polls the upstream polls it again at once
-    /// while it yields items (a batch), and the `Pending` ends that batch, so
-    /// that the branch's poll pulls this one item.
+    /// Answers the current `poll_next` with `item`, so that the branch's
+    /// poll pulls this one item: a branch that polls the upstream may poll it
+    /// again at once while it yields items (a batch, whose size is the
+    /// fanout's business), and then a `Pending` ends that batch.
     fn yield_one(&self, item: u32) {
-        self.step(Step::Return(Poll::Ready(Some(item))));
-        self.expect("entered");
-        self.step(Step::Return(Poll::Pending));
+        self.step(Step::YieldOne(item));
+    }
+
+    /// Polls `branch` from `task` on this thread.
+    fn poll<S: Stream + Unpin>(
+        &self,
+        task: &mut Spawn<()>,
+        branch: &mut S,
+    ) -> Poll<Option<S::Item>> {
+        self.branch_polls.fetch_add(1, Ordering::SeqCst);
+        poll(task, branch)
     }
 
     fn no_more_events(&self) {
@@ -666,6 +935,7 @@ impl Gate {
         S: Stream + Send,
         S::Item: Clone + Send,
     {
+        self.branch_polls.fetch_add(1, Ordering::SeqCst);
         thread::scope(|scope| {
             let poller = scope.spawn(move || {
                 let mut task = spawn(());
@@ -685,7 +955,15 @@ fn gated() -> (impl Stream<Item = u32> + Send + Unpin, Gate) {
     let (events_tx, events_rx) = std_mpsc::channel();
     let stored: Arc<Mutex<Option<Waker>>> = Arc::default();
     let store = Arc::clone(&stored);
+    let branch_polls = Arc::new(AtomicUsize::new(0));
+    let polls = Arc::clone(&branch_polls);
+    // The branch poll whose batch a `Step::YieldOne` ended.
+    let mut batch_ended_in = None;
     let upstream = stream::poll_fn(move |cx: &mut Context<'_>| {
+        let branch_poll = polls.load(Ordering::SeqCst);
+        if batch_ended_in == Some(branch_poll) {
+            return Poll::Pending;
+        }
         *store.lock().unwrap() = Some(cx.waker().clone());
         let _ = events_tx.send("entered");
         loop {
@@ -698,6 +976,12 @@ fn gated() -> (impl Stream<Item = u32> + Send + Unpin, Gate) {
                     let _ = events_tx.send("woke");
                 }
                 Step::Return(poll) => return poll,
+                Step::YieldOne(item) => {
+                    // The branch poll going on now: another branch may have
+                    // been polled while this one waited for the step.
+                    batch_ended_in = Some(polls.load(Ordering::SeqCst));
+                    return Poll::Ready(Some(item));
+                }
             }
         }
     });
@@ -707,14 +991,20 @@ fn gated() -> (impl Stream<Item = u32> + Send + Unpin, Gate) {
             steps: steps_tx,
             events: events_rx,
             stored,
+            branch_polls,
         },
     )
 }
 
 /// A gated upstream fanned out into two branches, A and B, of capacity 4.
 fn gated_pair() -> (Gate, [Branch<impl Stream<Item = u32> + Send + Unpin>; 2]) {
+    gated_pair_of(4)
+}
+
+/// A gated upstream fanned out into two branches, A and B, of capacity `cap`.
+fn gated_pair_of(cap: usize) -> (Gate, [Branch<impl Stream<Item = u32> + Send + Unpin>; 2]) {
     let (upstream, gate) = gated();
-    (gate, two(upstream.fanout(2, 4)))
+    (gate, two(upstream.fanout(2, cap)))
 }
 
 /// B polls while A is inside the upstream's `poll_next`, which then returns
@@ -727,7 +1017,7 @@ fn a_branch_parked_during_a_poll_is_woken_by(outcome: Poll<Option<u32>>, what: &
     let mut tb = spawn(());
 
     let polled = gate.poll_inside(&mut a, || {
-        assert_pending!(poll(&mut tb, &mut b));
+        assert_pending!(gate.poll(&mut tb, &mut b));
         assert!(!tb.is_woken());
         match outcome {
             Poll::Ready(Some(item)) => gate.yield_one(item),
@@ -739,7 +1029,7 @@ fn a_branch_parked_during_a_poll_is_woken_by(outcome: Poll<Option<u32>>, what: &
         tb.is_woken(),
         "{what}, but B, parked during the poll, was not woken"
     );
-    assert_eq!(poll(&mut tb, &mut b), outcome);
+    assert_eq!(gate.poll(&mut tb, &mut b), outcome);
     gate.no_more_events();
 }
 
@@ -764,36 +1054,44 @@ fn a_branch_parked_during_another_branchs_poll_is_woken_by_the_end() {
 /// the end polls it, and the upstream's later wake-up wakes the branch that
 /// waits then, and not A. (All on one thread: the steps are sent before the
 /// polls that take them.)
+///
+/// The buffer has room for [`ROOMY`] items, so that A's poll of the empty
+/// buffer may pull ahead while the upstream yields (up to a share of the
+/// free room): here two items and the `Pending`, in one poll.
 #[test]
 fn a_batch_that_ends_on_pending_wakes_the_waiting_branches_and_leaves_the_upstream_idle() {
-    let (gate, [mut a, mut b]) = gated_pair();
+    let (gate, [mut a, mut b]) = gated_pair_of(ROOMY);
     let (mut ta, mut tb) = (spawn(()), spawn(()));
 
     gate.step(Step::Return(Poll::Pending));
-    assert_pending!(poll(&mut tb, &mut b));
+    assert_pending!(gate.poll(&mut tb, &mut b));
     gate.expect("entered");
 
     for item in [1, 2] {
         gate.step(Step::Return(Poll::Ready(Some(item))));
     }
     gate.step(Step::Return(Poll::Pending));
-    assert_eq!(poll(&mut ta, &mut a), Poll::Ready(Some(1)));
-    for _ in 0..3 {
-        gate.expect("entered");
+    assert_eq!(gate.poll(&mut ta, &mut a), Poll::Ready(Some(1)));
+    for poll in ["item 1", "item 2", "the Pending"] {
+        assert_eq!(
+            gate.events.try_recv(),
+            Ok("entered"),
+            "scenario: A's poll pulls ahead through the batch, but did not poll for {poll}"
+        );
     }
     assert!(
         tb.is_woken(),
         "A's batch pushed items 1 and 2, but B, waiting on the upstream, was not woken"
     );
     assert_eq!((a.lag(), b.lag()), (1, 2));
-    assert_eq!(poll(&mut ta, &mut a), Poll::Ready(Some(2)));
+    assert_eq!(gate.poll(&mut ta, &mut a), Poll::Ready(Some(2)));
     for item in [1, 2] {
-        assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(item)));
+        assert_eq!(gate.poll(&mut tb, &mut b), Poll::Ready(Some(item)));
     }
     gate.no_more_events();
 
     gate.step(Step::Return(Poll::Pending));
-    assert_pending!(poll(&mut tb, &mut b));
+    assert_pending!(gate.poll(&mut tb, &mut b));
     gate.expect("entered");
     let waker = gate.stored.lock().unwrap().take().unwrap();
     waker.wake();
@@ -808,10 +1106,44 @@ fn a_batch_that_ends_on_pending_wakes_the_waiting_branches_and_leaves_the_upstre
 
     gate.step(Step::Return(Poll::Ready(Some(3))));
     gate.step(Step::Return(Poll::Pending));
-    assert_eq!(poll(&mut ta, &mut a), Poll::Ready(Some(3)));
+    assert_eq!(gate.poll(&mut ta, &mut a), Poll::Ready(Some(3)));
     gate.expect("entered");
     gate.expect("entered");
-    assert_eq!(poll(&mut tb, &mut b), Poll::Ready(Some(3)));
+    assert_eq!(gate.poll(&mut tb, &mut b), Poll::Ready(Some(3)));
+    gate.no_more_events();
+}
+
+/// B parks while A is inside the upstream's `poll_next`, in a buffer with
+/// room for a batch: A's poll pulls items 5 and 6, keeps a share of them in
+/// its read-ahead and leaves clones buffered for B. B is woken by the batch,
+/// and both read both items, in order, from the buffer or A's read-ahead,
+/// without polling the upstream again; each one's lag counts what it has
+/// not yielded, read-ahead included.
+#[test]
+fn a_branch_parked_during_a_batch_is_woken_and_reads_what_the_poller_read_ahead() {
+    let (gate, [mut a, mut b]) = gated_pair_of(ROOMY);
+    let (mut ta, mut tb) = (spawn(()), spawn(()));
+
+    let polled = gate.poll_inside(&mut a, || {
+        assert_pending!(gate.poll(&mut tb, &mut b));
+        gate.step(Step::Return(Poll::Ready(Some(5))));
+        gate.expect("entered");
+        assert!(!tb.is_woken(), "nothing is pushed before the batch ends");
+        gate.yield_one(6);
+    });
+    assert_eq!(polled, Poll::Ready(Some(5)));
+    assert!(
+        tb.is_woken(),
+        "A's batch pushed items 5 and 6, but B, parked during A's poll, was not woken"
+    );
+    assert_eq!((a.lag(), b.lag()), (1, 2));
+    assert_eq!(gate.poll(&mut ta, &mut a), Poll::Ready(Some(6)));
+    assert_eq!(a.lag(), 0);
+    assert_eq!(gate.poll(&mut tb, &mut b), Poll::Ready(Some(5)));
+    assert_eq!(b.lag(), 1);
+    assert_eq!(gate.poll(&mut tb, &mut b), Poll::Ready(Some(6)));
+    assert_eq!(b.lag(), 0);
+    assert!(!ta.is_woken(), "A never waited");
     gate.no_more_events();
 }
 
@@ -823,7 +1155,7 @@ fn a_branch_parked_during_a_poll_is_woken_after_the_poller_is_dropped() {
     let mut tb = spawn(());
 
     let polled = gate.poll_inside(&mut a, || {
-        assert_pending!(poll(&mut tb, &mut b));
+        assert_pending!(gate.poll(&mut tb, &mut b));
         gate.step(Step::Return(Poll::Pending));
     });
     assert_eq!(polled, Poll::Pending);
@@ -836,10 +1168,9 @@ fn a_branch_parked_during_a_poll_is_woken_after_the_poller_is_dropped() {
         "the upstream woke, but B, parked during A's poll, was not woken"
     );
 
-    // B polls the upstream itself now. It is the only branch left and
-    // nothing is buffered, so it takes one item straight from the upstream:
-    // no batch, no second poll.
-    let polled = gate.poll_inside(&mut b, || gate.step(Step::Return(Poll::Ready(Some(6)))));
+    // B polls the upstream itself now, and gets the item (which ends its
+    // batch, if it pulls one).
+    let polled = gate.poll_inside(&mut b, || gate.yield_one(6));
     assert_eq!(polled, Poll::Ready(Some(6)));
     gate.no_more_events();
 }
@@ -855,7 +1186,7 @@ fn a_wake_up_during_a_poll_before_a_branch_parked_is_not_lost() {
     let polled = gate.poll_inside(&mut a, || {
         gate.step(Step::Wake);
         gate.expect("woke");
-        assert_pending!(poll(&mut tb, &mut b));
+        assert_pending!(gate.poll(&mut tb, &mut b));
         gate.step(Step::Return(Poll::Pending));
     });
     assert_eq!(polled, Poll::Pending);
@@ -867,7 +1198,7 @@ fn a_wake_up_during_a_poll_before_a_branch_parked_is_not_lost() {
     let polled = gate.poll_inside(&mut b, || gate.yield_one(9));
     assert_eq!(polled, Poll::Ready(Some(9)));
     let mut ta = spawn(());
-    assert_eq!(poll(&mut ta, &mut a), Poll::Ready(Some(9)));
+    assert_eq!(gate.poll(&mut ta, &mut a), Poll::Ready(Some(9)));
     gate.no_more_events();
 }
 
@@ -879,7 +1210,7 @@ fn a_wake_up_during_a_poll_after_a_branch_parked_wakes_it() {
     let mut tb = spawn(());
 
     let polled = gate.poll_inside(&mut a, || {
-        assert_pending!(poll(&mut tb, &mut b));
+        assert_pending!(gate.poll(&mut tb, &mut b));
         gate.step(Step::Wake);
         gate.expect("woke");
         assert!(tb.is_woken(), "the upstream woke while B was parked");

@@ -1,10 +1,15 @@
 //! Instruments shared by the integration tests: items that count their
 //! clones and live copies, upstreams that count their polls or flag their
 //! drop, a deterministic pseudo-random generator, and small polling helpers.
+//! The reference model that every property and model-based test checks the
+//! fanout against is [`model`].
 
 #![allow(dead_code)] // each test file uses a part of this module
 
+pub mod model;
+
 use std::any::Any;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
@@ -23,11 +28,33 @@ use futures::{Stream, StreamExt};
 pub struct Tracker {
     live: AtomicUsize,
     clones: AtomicUsize,
+    /// Clones made of each value, if counted ([`Tracker::counting_each`]).
+    clones_by_value: Option<Mutex<HashMap<u64, usize>>>,
 }
 
 impl Tracker {
     pub fn new() -> Arc<Self> {
         Arc::default()
+    }
+
+    /// A tracker that also counts the clones of each value
+    /// ([`clones_of`](Self::clones_of)), at the cost of a lock per clone.
+    pub fn counting_each() -> Arc<Self> {
+        Arc::new(Self {
+            clones_by_value: Some(Mutex::default()),
+            ..Self::default()
+        })
+    }
+
+    /// Clones made so far of the items with value `value`; only counted by
+    /// a tracker made with [`counting_each`](Self::counting_each).
+    pub fn clones_of(&self, value: u64) -> usize {
+        let counts = self
+            .clones_by_value
+            .as_ref()
+            .expect("a tracker made with `counting_each`");
+        let counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.get(&value).copied().unwrap_or(0)
     }
 
     /// Makes an item with value `value`, counted as live until dropped.
@@ -66,6 +93,10 @@ pub struct Tracked {
 impl Clone for Tracked {
     fn clone(&self) -> Self {
         self.tracker.clones.fetch_add(1, Ordering::SeqCst);
+        if let Some(counts) = &self.tracker.clones_by_value {
+            let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+            *counts.entry(self.value).or_default() += 1;
+        }
         self.tracker.item(self.value)
     }
 }
@@ -82,6 +113,7 @@ pub struct CountingPolls<S> {
     inner: S,
     polls: Arc<AtomicUsize>,
     ready_items: Arc<AtomicUsize>,
+    ends: Arc<AtomicUsize>,
 }
 
 /// Read-side of the counters of a [`CountingPolls`].
@@ -89,6 +121,7 @@ pub struct CountingPolls<S> {
 pub struct PollCounts {
     polls: Arc<AtomicUsize>,
     ready_items: Arc<AtomicUsize>,
+    ends: Arc<AtomicUsize>,
 }
 
 impl PollCounts {
@@ -101,6 +134,17 @@ impl PollCounts {
     pub fn yielded(&self) -> usize {
         self.ready_items.load(Ordering::SeqCst)
     }
+
+    /// Calls to the upstream's `poll_next` that returned `None`.
+    pub fn ends(&self) -> usize {
+        self.ends.load(Ordering::SeqCst)
+    }
+
+    /// What the upstream has done, as [`model::Model::observe_upstream`]
+    /// takes it: items yielded, and whether it has returned `None`.
+    pub fn upstream(&self) -> (u64, bool) {
+        (self.yielded() as u64, self.ends() > 0)
+    }
 }
 
 impl<S> CountingPolls<S> {
@@ -108,11 +152,13 @@ impl<S> CountingPolls<S> {
         let counts = PollCounts {
             polls: Arc::default(),
             ready_items: Arc::default(),
+            ends: Arc::default(),
         };
         let stream = Self {
             inner,
             polls: Arc::clone(&counts.polls),
             ready_items: Arc::clone(&counts.ready_items),
+            ends: Arc::clone(&counts.ends),
         };
         (stream, counts)
     }
@@ -124,9 +170,11 @@ impl<S: Stream + Unpin> Stream for CountingPolls<S> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         self.polls.fetch_add(1, Ordering::SeqCst);
         let polled = Pin::new(&mut self.inner).poll_next(cx);
-        if let Poll::Ready(Some(_)) = polled {
-            self.ready_items.fetch_add(1, Ordering::SeqCst);
-        }
+        match polled {
+            Poll::Ready(Some(_)) => self.ready_items.fetch_add(1, Ordering::SeqCst),
+            Poll::Ready(None) => self.ends.fetch_add(1, Ordering::SeqCst),
+            Poll::Pending => 0,
+        };
         polled
     }
 
@@ -550,21 +598,4 @@ pub fn panicking_upstream(
     let (counting, counts) = CountingPolls::new(inner);
     let (upstream, dropped) = DropFlag::new(counting);
     (upstream, counts, dropped)
-}
-
-/// The most items one poll of a branch pulls from the upstream (documented
-/// on `fanout`).
-pub const MAX_BATCH: usize = 32;
-
-/// How many items one poll of a branch at the end of the buffer asks the
-/// upstream for, by the documented rule: as many as the buffer has room for,
-/// at most [`MAX_BATCH`]; but one, straight from the upstream, for a lone
-/// branch with nothing buffered. (Fewer if the upstream returns `Pending` or
-/// ends first.)
-pub fn batch_limit(live_branches: usize, cap: usize, buffered: usize) -> usize {
-    if live_branches == 1 && buffered == 0 {
-        1
-    } else {
-        (cap - buffered).min(MAX_BATCH)
-    }
 }
