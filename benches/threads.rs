@@ -48,15 +48,20 @@ fn through_fanout() {
     });
 }
 
-fn through_sync_channels() {
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..CONSUMERS)
-        .map(|_| std::sync::mpsc::sync_channel::<u64>(CAP))
-        .unzip();
+/// A producer thread sends every item into one channel per consumer, made
+/// by `channel`, whose sending and receiving ends `send` and `into_iter`
+/// drive.
+fn through_channels<Tx, Rx>(channel: impl Fn() -> (Tx, Rx), send: impl Fn(&Tx, u64) + Send)
+where
+    Tx: Send,
+    Rx: IntoIterator<Item = u64> + Send,
+{
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..CONSUMERS).map(|_| channel()).unzip();
     thread::scope(|s| {
         s.spawn(move || {
             for item in 0..ITEMS {
                 for sender in &senders {
-                    sender.send(item).unwrap();
+                    send(sender, item);
                 }
             }
         });
@@ -70,26 +75,18 @@ fn through_sync_channels() {
     });
 }
 
+fn through_sync_channels() {
+    through_channels(
+        || std::sync::mpsc::sync_channel::<u64>(CAP),
+        |sender, item| sender.send(item).unwrap(),
+    );
+}
+
 fn through_crossbeam_channels() {
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..CONSUMERS)
-        .map(|_| crossbeam_channel::bounded::<u64>(CAP))
-        .unzip();
-    thread::scope(|s| {
-        s.spawn(move || {
-            for item in 0..ITEMS {
-                for sender in &senders {
-                    sender.send(item).unwrap();
-                }
-            }
-        });
-        let consumers: Vec<_> = receivers
-            .into_iter()
-            .map(|receiver| s.spawn(move || drain(receiver.into_iter())))
-            .collect();
-        for consumer in consumers {
-            assert_eq!(consumer.join().unwrap(), SUM);
-        }
-    });
+    through_channels(
+        || crossbeam_channel::bounded::<u64>(CAP),
+        |sender, item| sender.send(item).unwrap(),
+    );
 }
 
 fn threads(c: &mut Criterion) {

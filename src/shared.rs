@@ -157,6 +157,7 @@ const LONE_BATCH: usize = 128;
 
 /// [`batch_limit`] for a branch that is the only live one: a quarter of the
 /// capacity too (what a fork of it copies), up to [`LONE_BATCH`].
+#[inline]
 fn lone_batch_limit(capacity: usize) -> usize {
     (capacity / 4).clamp(1, LONE_BATCH)
 }
@@ -165,6 +166,7 @@ fn lone_batch_limit(capacity: usize) -> usize {
 /// upstream, with a buffer of `capacity`: [`MAX_BATCH`], but at most a
 /// quarter of the capacity, because a branch's read-ahead holds room that
 /// the others cannot use until it has yielded it.
+#[inline]
 fn batch_limit(capacity: usize) -> usize {
     (capacity / 4).clamp(1, MAX_BATCH)
 }
@@ -216,6 +218,8 @@ struct State<S: Stream> {
     allotted: usize,
     /// Items freed under the lock and not dropped yet (see [`Freed`]).
     dropping: usize,
+    /// The branches whose `waiting` is set.
+    waiting: usize,
     upstream: Upstream<S>,
     /// The upstream's `size_hint` after its latest poll.
     upstream_hint: SizeHint,
@@ -280,6 +284,7 @@ impl<S: Stream> Shared<S> {
                 reserved: 0,
                 allotted: 0,
                 dropping: 0,
+                waiting: 0,
                 upstream: Upstream::Idle(Box::pin(upstream)),
                 upstream_hint,
                 high_water: 0,
@@ -315,6 +320,7 @@ impl<S: Stream> Shared<S> {
     /// held is free once they are.
     pub(crate) fn release(&self, key: usize, ahead: VecDeque<S::Item>) {
         let mut state = self.lock_for(key, ahead.len());
+        state.set_waiting(key, false);
         let record = state.branches.remove(key);
         state.stalls_outdated = true;
         state.reserved -= record.reserved;
@@ -472,8 +478,8 @@ where
         debug_assert!(ahead.is_empty());
         loop {
             let mut state = self.lock_for(key, 0);
+            state.set_waiting(key, false);
             let record = state.branches.get_mut(key);
-            record.waiting = false;
             if record.unreported_missed > 0 {
                 let missed = std::mem::take(&mut record.unreported_missed);
                 return Poll::Ready(Some(D::missed(missed)));
@@ -514,7 +520,7 @@ where
                     Room::Full => state.waiting_for_room.register(key, cx.waker()),
                 },
             };
-            state.branches.get_mut(key).waiting = true;
+            state.set_waiting(key, true);
             drop(state);
             drop(replaced);
             return Poll::Pending;
@@ -576,7 +582,7 @@ where
             drop(state);
             return Poll::Ready(Some(D::item(item)));
         }
-        state.branches.get_mut(key).waiting = true;
+        state.set_waiting(key, true);
         match self.signal.park_after_pending(key, cx.waker()) {
             AfterPending::Parked(replaced) => {
                 drop(state);
@@ -667,6 +673,19 @@ impl<S: Stream> State<S> {
         record.allotment = allotment;
     }
 
+    /// Sets whether branch `key` waits at the end of the buffer.
+    fn set_waiting(&mut self, key: usize, waiting: bool) {
+        let record = self.branches.get_mut(key);
+        if record.waiting != waiting {
+            record.waiting = waiting;
+            if waiting {
+                self.waiting += 1;
+            } else {
+                self.waiting -= 1;
+            }
+        }
+    }
+
     /// The lossless branches that wait at the end of the buffer: each will
     /// take a clone of every item pulled next.
     fn waiting_for_clones(&self) -> usize {
@@ -681,6 +700,9 @@ impl<S: Stream> State<S> {
     /// allows: so that the poller, running on, leaves them room to take
     /// their next batch in one go. The promise is theirs until they poll.
     fn promise_room(&mut self, batch: usize) {
+        if self.waiting == 0 {
+            return;
+        }
         let waiting = self.waiting_for_clones();
         if waiting == 0 {
             return;
@@ -934,7 +956,8 @@ where
         };
         let wanted = limit.saturating_sub(held);
         let index = self.index_of(record.position);
-        let moves = if index == 0 {
+        let last_reader = index == 0 && self.slots.front().is_some_and(|slot| slot.unread_by == 1);
+        let moves = if last_reader {
             self.slots
                 .iter()
                 .take(wanted)

@@ -18,26 +18,13 @@ use futures::future;
 use futures::stream::{self, FusedStream, Stream};
 use futures::StreamExt;
 
-use support::{collect_all, panic_message, poll_once, CountingPolls, DropFlag, Tracker};
+use support::{
+    collect_all, first_batch, panic_message, poll_once, CountingPolls, DropFlag, Tracker,
+};
 
 fn assert_send_sync<T: Send + Sync>() {}
 fn assert_unpin<T: Unpin>() {}
 fn assert_fused<T: FusedStream>() {}
-
-/// How many items the first poll of a fresh fanout of `n` branches of
-/// capacity `cap` pulls from an upstream that is always ready. The batch size
-/// is the crate's to choose (it is documented only to fit in the free room),
-/// so the tests that need a batch of a known size observe it here first: a
-/// fresh fanout with the same `n` and `cap` pulls the same batch.
-fn first_batch(n: usize, cap: usize) -> usize {
-    let (upstream, counts) = CountingPolls::new(stream::repeat(7u8));
-    let mut branches = upstream.fanout(n, cap);
-    assert_eq!(poll_once(&mut branches[0]), Poll::Ready(Some(7)));
-    let batch = counts.yielded();
-    assert!((1..=cap).contains(&batch), "a batch fits in the free room");
-    assert_eq!(counts.polls(), batch, "no poll past a full batch");
-    batch
-}
 
 // ------------------------------------------------------------------ panics
 

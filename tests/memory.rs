@@ -19,8 +19,8 @@ use futures::stream::{self, Stream};
 use futures::StreamExt;
 
 use support::{
-    collect_all, entry, hang_guard, poll_once, values, CountingPolls, DropFlag, Progress, Rng,
-    Tracked, Tracker,
+    collect_all, entry, first_batch, hang_guard, poll_once, values, CountingPolls, DropFlag,
+    Progress, Rng, Tracked, Tracker,
 };
 
 /// A snapshot in which every branch's read-ahead is exact: a snapshot counts
@@ -33,20 +33,6 @@ fn synced_stats<S: Stream>(branches: &[Branch<S>]) -> Stats {
         .map(Branch::stats)
         .last()
         .expect("at least one branch")
-}
-
-/// How many items the first poll of a fresh fanout of `n` branches of
-/// capacity `cap` pulls from an upstream that is always ready. The batch size
-/// is the crate's to choose (it is documented only to fit in the free room),
-/// so a test that needs a batch of a known size observes it here first: a
-/// fresh fanout with the same `n` and `cap` pulls the same batch.
-fn first_batch(n: usize, cap: usize) -> usize {
-    let (upstream, counts) = CountingPolls::new(stream::repeat(7u8));
-    let mut branches = upstream.fanout(n, cap);
-    assert_eq!(poll_once(&mut branches[0]), Poll::Ready(Some(7)));
-    let batch = counts.yielded();
-    assert!((1..=cap).contains(&batch), "a batch fits in the free room");
-    batch
 }
 
 #[test]

@@ -37,15 +37,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use fanout::{Branch, Lagged, Lossy, Stats, StreamExt as _};
+use fanout::{Branch, Lagged, Stats, StreamExt as _};
 use futures::channel::mpsc;
 use futures::{stream, Stream, StreamExt as _};
 use tokio_test::task::{spawn, Spawn};
 use tokio_test::{assert_pending, assert_ready_eq};
 
+use support::model::{Handle, Model, Value};
 use support::{
-    collect_all, entry, hang_guard, panic_message, panicking_upstream, poll_once, poll_with,
-    values, CountingPolls, DropFlag, PollCounts, Rng, Tracked, Tracker, WakeFlag,
+    collect_all, entry, hang_guard, panic_message, panicking_upstream, poll_once, values,
+    CountingPolls, DropFlag, PollCounts, Rng, Tracked, Tracker,
 };
 
 /// The message the panicking test upstreams panic with.
@@ -1287,7 +1288,7 @@ struct Probed {
     probes: Arc<Probes>,
 }
 
-impl Probed {
+impl Value for Probed {
     fn value(&self) -> u64 {
         self.tracked.value
     }
@@ -1371,68 +1372,8 @@ fn forking_a_branch_that_holds_clones_ahead_clones_each_item_at_most_readers_min
 // A random mix of polls, forks, drops and lossy turns.
 // ---------------------------------------------------------------------------
 
-/// A branch of the random runs, of either kind.
-enum Handle {
-    Lossless(Branch<ProbedUpstream>),
-    Lossy(Lossy<ProbedUpstream>),
-}
-
-impl Clone for Handle {
-    fn clone(&self) -> Handle {
-        match self {
-            Handle::Lossless(branch) => Handle::Lossless(branch.clone()),
-            Handle::Lossy(lossy) => Handle::Lossy(lossy.clone()),
-        }
-    }
-}
-
-impl Handle {
-    fn poll(&mut self, waker: &Waker) -> Poll<Option<Result<Probed, Lagged>>> {
-        match self {
-            Handle::Lossless(branch) => poll_with(branch, waker).map(|item| item.map(Ok)),
-            Handle::Lossy(lossy) => poll_with(lossy, waker),
-        }
-    }
-
-    fn stats(&self) -> Stats {
-        match self {
-            Handle::Lossless(branch) => branch.stats(),
-            Handle::Lossy(lossy) => lossy.stats(),
-        }
-    }
-
-    fn id(&self) -> usize {
-        match self {
-            Handle::Lossless(branch) => branch.id(),
-            Handle::Lossy(lossy) => lossy.id(),
-        }
-    }
-
-    fn is_lossy(&self) -> bool {
-        matches!(self, Handle::Lossy(_))
-    }
-}
-
-struct Lane {
-    handle: Handle,
-    /// The value of the next item it yields (for a lossy lane: after the
-    /// gaps it has reported).
-    next: u64,
-    /// The value of the first item it could yield: 0, or its parent's
-    /// `next` when it was forked.
-    start: u64,
-    ended: bool,
-    /// A fork of a lossy lane: it starts at its parent's position, which may
-    /// be past the parent's `next` by gaps the parent has not reported yet.
-    may_skip: bool,
-    /// Its latest poll returned `Pending`, and it has not been polled since.
-    parked: bool,
-    flag: Arc<WakeFlag>,
-    /// Its entry in `Run::readers`.
-    reader: usize,
-}
-
-/// A seeded random program over one fanout, checked after every step.
+/// A seeded random program over one fanout, checked after every step
+/// against the shared reference model (`support::model`).
 struct Run {
     cap: usize,
     len: u64,
@@ -1440,17 +1381,11 @@ struct Run {
     counts: PollCounts,
     dropped: Arc<AtomicBool>,
     probes: Arc<Probes>,
-    lanes: Vec<Lane>,
-    /// For every lane ever made: the first value it could read, and the
-    /// values pulled when it was dropped (it is counted among the readers
-    /// of every value from its start up to that point).
-    readers: Vec<(u64, Option<u64>)>,
+    handles: Vec<Handle<ProbedUpstream>>,
+    model: Model,
     rng: Rng,
     forks: bool,
     lossy_turns: bool,
-    /// Forks made so far.
-    forked: usize,
-    bound: LiveBound,
 }
 
 const MAX_LANES: usize = 6;
@@ -1459,60 +1394,41 @@ impl Run {
     fn new(n: usize, cap: usize, len: u64, seed: u64, forks: bool, lossy_turns: bool) -> Self {
         let tracker = Tracker::new();
         let (upstream, counts, dropped, probes) = probed_upstream(&tracker, len);
-        let lanes = upstream
+        let handles = upstream
             .fanout(n, cap)
             .into_iter()
-            .enumerate()
-            .map(|(reader, branch)| Lane {
-                handle: Handle::Lossless(branch),
-                next: 0,
-                start: 0,
-                ended: false,
-                may_skip: false,
-                parked: false,
-                flag: WakeFlag::new(),
-                reader,
-            })
+            .map(Handle::new)
             .collect();
-        let bound = LiveBound::new(cap, &tracker, &counts);
         Self {
             cap,
             len,
-            bound,
-            forked: 0,
-            forks,
             tracker,
             counts,
             dropped,
             probes,
-            lanes,
-            readers: vec![(0, None); n],
+            handles,
+            model: Model::new(n, cap),
             rng: Rng::new(seed),
+            forks,
             lossy_turns,
         }
     }
 
-    fn case(&self) -> String {
-        format!(
-            "cap {}, lanes {:?}",
-            self.cap,
-            self.lanes
-                .iter()
-                .map(|lane| (lane.handle.id(), lane.next, lane.handle.is_lossy()))
-                .collect::<Vec<_>>()
-        )
+    /// Panics with `error` if there is one.
+    fn ok<T>(&self, checked: Result<T, String>) -> T {
+        checked.unwrap_or_else(|error| panic!("cap {}: {error}", self.cap))
     }
 
     fn run(mut self, max_steps: usize) {
         let mut steps = 0;
-        while self.lanes.iter().any(|lane| !lane.ended) {
+        while !self.model.all_ended() {
             steps += 1;
-            assert!(steps < max_steps, "no progress: {}", self.case());
-            let i = self.rng.below(self.lanes.len());
+            assert!(steps < max_steps, "no progress: {:?}", self.model);
+            let i = self.rng.below(self.handles.len());
             match self.rng.below(100) {
                 0..=71 => self.poll(i),
-                72..=77 if self.forks && self.lanes.len() < MAX_LANES => self.fork(i),
-                78..=83 if self.lanes.len() > 1 => self.drop_lane(i),
+                72..=77 if self.forks && self.handles.len() < MAX_LANES => self.fork(i),
+                78..=83 if self.handles.len() > 1 => self.drop_lane(i),
                 84..=86 if self.lossy_turns => self.make_lossy(i),
                 _ => self.check_stats(i),
             }
@@ -1521,211 +1437,109 @@ impl Run {
         assert_eq!(
             self.tracker.live(),
             0,
-            "every branch ended, items still alive: {}",
-            self.case()
+            "every branch ended, items still alive: {:?}",
+            self.model
         );
-        let check = self.rng.below(self.lanes.len());
+        let check = self.rng.below(self.handles.len());
         self.check_stats(check);
         assert!(
             self.dropped.load(Ordering::SeqCst),
             "the ended upstream is dropped"
         );
-        let pulled = pulled(&self.counts);
-        assert_eq!(pulled, self.len);
-        for lane in std::mem::take(&mut self.lanes) {
-            self.readers[lane.reader].1 = Some(pulled);
-        }
-        assert_eq!(self.tracker.live(), 0, "leak: {}", self.case());
-        if !self.lossy_turns {
-            for v in 0..self.len {
-                let readers = self
-                    .readers
-                    .iter()
-                    .filter(|&&(start, dropped_at)| {
-                        start <= v && dropped_at.map_or(true, |d| v < d)
-                    })
-                    .count();
-                assert!(
-                    self.probes.clones(v) < readers.max(1),
-                    "cap {}: item {v} cloned {} times with {readers} readers",
-                    self.cap,
-                    self.probes.clones(v)
-                );
-            }
-        }
+        assert_eq!(pulled(&self.counts), self.len);
+        self.handles.clear();
+        assert_eq!(self.tracker.live(), 0, "leak: {:?}", self.model);
     }
 
     fn poll(&mut self, i: usize) {
-        let polls = self.counts.polls();
-        let len = self.len;
-        let lane = &mut self.lanes[i];
-        lane.flag.take();
-        let polled = lane.handle.poll(&lane.flag.waker());
-        lane.parked = polled.is_pending();
-        if lane.ended {
-            assert!(
-                matches!(polled, Poll::Ready(None)),
-                "a poll after the end yielded"
-            );
-            assert_eq!(
-                self.counts.polls(),
-                polls,
-                "the upstream polled for an ended branch"
-            );
-            return;
-        }
-        match polled {
-            Poll::Ready(Some(Ok(item))) => {
-                let v = item.value();
-                if lane.may_skip {
-                    assert!(v >= lane.next, "a fork of a lossy branch went back");
-                } else {
-                    assert_eq!(v, lane.next, "lane {}: out of order", lane.handle.id());
-                }
-                lane.may_skip = false;
-                lane.next = v + 1;
-            }
-            Poll::Ready(Some(Err(Lagged(missed)))) => {
-                assert!(lane.handle.is_lossy(), "a lossless branch missed items");
-                assert!(missed > 0, "a report of no missed item");
-                lane.next += missed;
-            }
-            Poll::Ready(None) => {
-                assert!(
-                    lane.next == len || lane.may_skip,
-                    "lane {} ended at {} of {len}",
-                    lane.handle.id(),
-                    lane.next
-                );
-                lane.next = len;
-                lane.ended = true;
-            }
-            Poll::Pending => {}
-        }
+        let counts = self.counts.clone();
+        let polled = self
+            .model
+            .poll(&mut self.handles, i, &|| counts.upstream())
+            .map(drop);
+        self.ok(polled);
     }
 
     fn fork(&mut self, i: usize) {
-        let case = self.case();
-        let parent = &self.lanes[i];
-        let handle = self.bound.fork(&self.tracker, &parent.handle, &case);
-        self.forked += 1;
-        let lane = Lane {
-            may_skip: handle.is_lossy(),
-            handle,
-            next: parent.next,
-            start: parent.next,
-            ended: parent.ended,
-            parked: false,
-            flag: WakeFlag::new(),
-            reader: self.readers.len(),
-        };
-        self.readers.push((lane.start, None));
-        self.lanes.push(lane);
+        let fork = self.handles[i].fork_counting_copies();
+        let id = fork.handle.id();
+        self.handles.push(fork.handle);
+        let forked = self.model.fork(i, id, fork.start, fork.copied).map(drop);
+        self.ok(forked);
     }
 
     fn drop_lane(&mut self, i: usize) {
-        let lane = self.lanes.swap_remove(i);
-        drop(lane.handle);
-        self.readers[lane.reader].1 = Some(pulled(&self.counts));
+        drop(self.handles.remove(i));
+        self.model.remove(i);
     }
 
     fn make_lossy(&mut self, i: usize) {
-        if self.lanes[i].handle.is_lossy() {
+        if self.handles[i].is_lossy() {
             return;
         }
         let live = self.tracker.live();
-        let mut lane = self.lanes.swap_remove(i);
-        lane.handle = match lane.handle {
-            Handle::Lossless(branch) => Handle::Lossy(branch.into_lossy()),
-            lossy => lossy,
-        };
+        self.handles[i].make_lossy();
+        self.model.make_lossy(i);
         assert!(self.tracker.live() <= live, "a lossy turn allocated items");
-        self.lanes.push(lane);
     }
 
-    /// Checks a snapshot taken from lane `i`.
+    /// Checks a snapshot taken from branch `i` (and that the upstream is
+    /// dropped as soon as it ends), and its `lag()`.
     fn check_stats(&mut self, i: usize) {
-        let stats = self.lanes[i].handle.stats();
-        // Strict without forks; with forks, each branch may hold a copy of
-        // at most one batch beyond the capacity (a loose bound: the live
-        // count is the strict check).
-        let extra = if self.forked == 0 {
-            0
-        } else {
-            MAX_LANES * fork_allowance(self.cap)
-        };
-        assert_snapshot_bounds_with(&stats, extra);
-        let pulled = pulled(&self.counts);
-        assert_eq!(stats.pulled, pulled, "{stats:?}");
-        assert_eq!(stats.branches.len(), self.lanes.len());
-        assert_eq!(stats.upstream_done, self.dropped.load(Ordering::SeqCst));
-        for (j, lane) in self.lanes.iter().enumerate() {
-            let me = entry(&stats, lane.handle.id());
-            assert!(j != i || me.lag <= self.cap, "{stats:?}");
-            assert_eq!(me.lossy, lane.handle.is_lossy());
-            if lane.handle.is_lossy() {
-                continue;
-            }
-            assert_eq!(me.missed, 0);
-            let (lag, delivered) = ((pulled - lane.next) as usize, lane.next - lane.start);
-            if j == i {
-                assert_eq!(me.lag, lag, "the snapshot's own entry, {stats:?}");
-                assert_eq!(
-                    me.delivered, delivered,
-                    "the snapshot's own entry, {stats:?}"
-                );
-            } else {
-                assert!(
-                    me.lag >= lag,
-                    "a lag below the items not yielded: {stats:?}"
-                );
-                assert!(
-                    me.delivered <= delivered,
-                    "delivered more than yielded: {stats:?}"
-                );
-            }
-        }
-        if let Handle::Lossless(branch) = &self.lanes[i].handle {
-            assert_eq!(branch.lag() as u64, pulled - self.lanes[i].next);
+        let stats = self.handles[i].stats();
+        let checked = self.model.check_stats(i, &stats);
+        self.ok(checked);
+        assert_eq!(
+            stats.upstream_done,
+            self.dropped.load(Ordering::SeqCst),
+            "the upstream is dropped once it has ended"
+        );
+        if !self.handles[i].is_lossy() {
+            assert_eq!(
+                self.handles[i].lag() as u64,
+                self.model.pulled() - self.model.branch(i).next,
+                "lag() of branch {}",
+                self.handles[i].id()
+            );
         }
     }
 
+    /// The checks after every step: the model's (no lost wake-up, the poll
+    /// bound, the items alive, the clone counts), and, since the upstream is
+    /// always ready, that some unfinished branch can go on or was woken.
     fn check_bounds(&mut self) {
-        let case = self.case();
-        self.bound.check(&self.tracker, &case);
-        let pulled = pulled(&self.counts);
-        let lossless = self.lanes.iter().filter(|lane| !lane.handle.is_lossy());
-        let slowest = lossless.clone().map(|lane| lane.next).min();
-        let fastest = lossless.map(|lane| lane.next).max();
-        if let (Some(slowest), Some(fastest)) = (slowest, fastest) {
-            assert!(
-                pulled - slowest <= self.cap as u64,
-                "pulled {pulled}, more than cap past the slowest: {}",
-                self.case()
-            );
-            assert!(
-                fastest - slowest <= self.cap as u64,
-                "a branch more than cap ahead: {}",
-                self.case()
-            );
-        }
-        let unfinished = || self.lanes.iter().filter(|lane| !lane.ended);
-        if unfinished().count() > 0 && unfinished().all(|lane| lane.parked && !lane.flag.is_woken())
-        {
-            panic!("every branch waits and none was woken: {}", self.case());
+        let counts = self.counts.clone();
+        let upstream = || counts.upstream();
+        let (yielded, ended) = upstream();
+        let probes = Arc::clone(&self.probes);
+        let checked = self
+            .model
+            .observe_upstream(yielded, ended)
+            .and_then(|()| self.model.check_parked(&mut self.handles, &upstream))
+            .and_then(|()| self.model.check_bounds())
+            .and_then(|()| self.model.check_live(self.tracker.live(), 0, 0))
+            .and_then(|()| self.model.check_clones(|value| probes.clones(value)));
+        self.ok(checked);
+        let unfinished: Vec<_> = (0..self.handles.len())
+            .filter(|&i| !self.model.branch(i).ended)
+            .collect();
+        if !unfinished.is_empty() && unfinished.iter().all(|&i| self.handles[i].parked()) {
+            panic!("every branch waits and none was woken: {:?}", self.model);
         }
     }
 }
 
 /// Random programs of polls, forks (of branches holding read-ahead or not),
-/// drops and lossy turns: after every step, the memory bound as documented
-/// (at most `cap` items alive, but for one batch per fork until the next
-/// pull: [`LiveBound`]), the upstream never more than `cap` items past the slowest
-/// lossless branch, no lossless branch more than `cap` ahead of another,
-/// some branch able to go on or woken; every branch yields its items in
-/// order (a lossy one reports every gap); nothing is alive once every
-/// branch has ended; a snapshot from any branch keeps the bounds and is
-/// exact for that branch, never too low for the others.
+/// drops and lossy turns, checked after every step against the shared
+/// reference model: the memory bound as documented (at most `cap` items
+/// alive, but for the clones of read-ahead a fork gets, until they are
+/// yielded or the upstream is polled again), the upstream never more than
+/// `cap` items past the slowest lossless branch (so no lossless branch is
+/// more than `cap` ahead of another), no lost wake-up, some branch able to
+/// go on or woken; every branch yields its items in order (a lossy one
+/// reports every gap); the clone counts; nothing is alive once every branch
+/// has ended; a snapshot from any branch keeps the bounds and is exact for
+/// that branch, never too low for the others.
 #[test]
 fn random_polls_forks_drops_and_lossy_turns_keep_every_bound() {
     hang_guard(|| {
@@ -1739,8 +1553,9 @@ fn random_polls_forks_drops_and_lossy_turns_keep_every_bound() {
     });
 }
 
-/// The same without forks: at most `cap` items alive after every step, and
-/// `buffered + read_ahead <= cap` in every snapshot, from any branch.
+/// The same without forks, where the model allows no excess: at most `cap`
+/// items alive after every step, and `buffered + read_ahead <= cap` in every
+/// snapshot, from any branch.
 #[test]
 fn random_polls_drops_and_lossy_turns_without_forks_keep_the_strict_bound() {
     hang_guard(|| {
@@ -1754,9 +1569,9 @@ fn random_polls_drops_and_lossy_turns_without_forks_keep_the_strict_bound() {
     });
 }
 
-/// The same without lossy turns, and with the clone counts checked at the
-/// end: each item is cloned at most once less than the number of branches
-/// that were its readers (alive at or before it), forks mid-way included.
+/// The same without lossy turns: each item is cloned at most once less than
+/// the number of branches that were its readers (alive when it was pulled,
+/// or forked later from before it), forks mid-way included.
 #[test]
 fn clone_counts_stay_within_readers_minus_one_with_forks_mid_way() {
     hang_guard(|| {

@@ -12,6 +12,13 @@
 //! and checks, whenever the test tells it something, the promises:
 //! - each branch yields every item in order; a lossy one in order with the
 //!   gaps reported exactly by `Err(Lagged(k))` ([`Model::polled`]);
+//! - with exact snapshots around a poll ([`Model::poll_synced`]): the poll
+//!   returns what the snapshot before decides (the `Lagged(k)` of exactly the
+//!   items given up and not reported yet, the next item held for it, the
+//!   end), pulls only at the end of the buffer and only what fits in the free
+//!   room, and only the lossy branches at the oldest position give an item
+//!   up, all of them, one each; a branch waits or evicts only at a full
+//!   buffer ([`Model::check_poll_between`]);
 //! - `None` only once the upstream has ended and the branch has yielded
 //!   everything; `Pending` only at the end of what was pulled, before the end;
 //! - the upstream never yields more than `cap` items past the slowest
@@ -21,13 +28,18 @@
 //!   branch still has to yield alive ([`Model::check_live`]); the one
 //!   exception, documented on the crate: a fork gets a clone of its
 //!   original's read-ahead (at most one batch, a quarter of `cap`), which may
-//!   pass the capacity until the fork has yielded those clones;
+//!   pass the capacity until the fork has yielded those clones, or until the
+//!   upstream is polled again (it is polled only with free room); without
+//!   forks, the bound is strict;
 //! - at most one clone per reader but the last, per item, a fork made while
 //!   the item is alive counting as one more reader ([`Model::check_clones`]);
 //! - `stats()`: `buffered + read_ahead <= cap` (but for the same exception),
 //!   the counters consistent with the positions, exact for the branch that
 //!   takes the snapshot, and `slowest()` a lossless branch whenever there is
-//!   one ([`Model::check_stats`]);
+//!   one, the high-water mark never going down ([`Model::check_stats`]); a
+//!   snapshot that every branch has visited ([`synced_stats`]) exact for
+//!   every branch, counting each item inside the crate once
+//!   ([`Model::check_synced`]);
 //! - no lost wake-up: a branch whose latest poll returned `Pending` and that
 //!   has not been woken since cannot make progress: polled again, from a new
 //!   task, it returns `Pending` too ([`Model::check_parked`]). That re-poll is
@@ -41,14 +53,16 @@
 //! two in step ([`Model::fork`] appends, [`Model::remove`] removes at an
 //! index, like `Vec::push` and `Vec::remove`).
 
+use std::cell::Cell;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use fanout::{Branch, Lagged, Lossy, Stats};
+use futures::stream::FusedStream;
 use futures::Stream;
 
-use super::{Tracked, WakeFlag};
+use super::{entry, Tracked, WakeFlag};
 
 /// An item whose value is its position in the upstream.
 pub trait Value {
@@ -101,6 +115,9 @@ pub struct ModelBranch {
     pub copied: u64,
     /// How many of those it has not yielded yet: they are its next items.
     pub copies_left: u64,
+    /// How many of those may still pass the capacity: those not yielded
+    /// yet, none once the upstream has been polled since the fork.
+    pub over: u64,
 }
 
 impl ModelBranch {
@@ -116,6 +133,7 @@ impl ModelBranch {
             pending: false,
             copied: 0,
             copies_left: 0,
+            over: 0,
         }
     }
 }
@@ -137,6 +155,8 @@ pub struct Model {
     /// The most that forks' clones of read-ahead have ever been allowed to
     /// pass the capacity by, as the snapshots count them (for `high_water`).
     most_excess: usize,
+    /// The highest high-water mark seen: it never goes down.
+    high_water: Cell<usize>,
 }
 
 /// The error of a failed check: what went wrong, with the model's state.
@@ -165,6 +185,7 @@ impl Model {
             clone_budget: Vec::new(),
             clones_checked: 0,
             most_excess: 0,
+            high_water: Cell::new(0),
         }
     }
 
@@ -230,6 +251,13 @@ impl Model {
         let readers = self.branches.len();
         self.clone_budget
             .resize(yielded as usize, readers.saturating_sub(1));
+        if yielded > self.pulled {
+            // The upstream is polled only with free room: what forks copied
+            // is within the capacity now.
+            for branch in &mut self.branches {
+                branch.over = 0;
+            }
+        }
         self.pulled = yielded;
         self.upstream_ended = ended;
         Ok(())
@@ -261,6 +289,7 @@ impl Model {
                 branch.next += 1;
                 branch.received += 1;
                 branch.copies_left = branch.copies_left.saturating_sub(1);
+                branch.over = branch.over.saturating_sub(1);
             }
             Polled::Lagged(missed) => {
                 ensure!(
@@ -324,7 +353,7 @@ impl Model {
         let parent = self.branches[i].clone();
         ensure!(
             self,
-            copied <= self.pulled - parent.next && copied <= (self.cap as u64 / 4).max(1),
+            copied <= self.pulled - parent.next && copied <= self.cap as u64 / 4,
             "the fork of branch {} got {copied} clones of read-ahead: more than it has to yield ({}) or than a batch (a quarter of cap {})",
             parent.id,
             self.pulled - parent.next,
@@ -371,17 +400,20 @@ impl Model {
         }
         fork.copied = copied;
         fork.copies_left = copied;
+        fork.over = copied;
         self.branches.push(fork);
         self.most_excess = self.most_excess.max(self.counted_excess());
         Ok(self.branches.len() - 1)
     }
 
     /// How far the items alive may pass the capacity now: the clones of
-    /// read-ahead that forks got and have not yielded yet.
+    /// read-ahead that forks got and have not yielded yet, none once the
+    /// upstream has been polled since (it is polled only with free room).
+    /// Without forks, none: the bound is strict.
     pub fn excess(&self) -> usize {
         self.branches
             .iter()
-            .map(|branch| branch.copies_left as usize)
+            .map(|branch| branch.over as usize)
             .sum()
     }
 
@@ -507,6 +539,14 @@ impl Model {
         );
         ensure!(
             self,
+            stats.high_water >= self.high_water.get(),
+            "stats: high water {} went down from {}",
+            stats.high_water,
+            self.high_water.get()
+        );
+        self.high_water.set(stats.high_water);
+        ensure!(
+            self,
             stats.pulled == self.pulled,
             "stats: pulled {}, the upstream yielded {}",
             stats.pulled,
@@ -524,11 +564,7 @@ impl Model {
         ensure!(self, got == ids, "stats: ids {got:?}, expected {ids:?}");
         for (i, branch) in self.branches.iter().enumerate() {
             let id = branch.id;
-            let entry = stats
-                .branches
-                .iter()
-                .find(|entry| entry.id == id)
-                .expect("the ids match");
+            let entry = entry(stats, id);
             ensure!(self, entry.lossy == branch.lossy, "stats: lossy of {id}");
             ensure!(
                 self,
@@ -616,6 +652,230 @@ impl Model {
         Ok(())
     }
 
+    /// Checks a snapshot that every branch has visited ([`synced_stats`]),
+    /// with `inside` items alive inside the crate: all of
+    /// [`check_stats`](Self::check_stats), and exact for every branch (its
+    /// position is the next item it yields plus the gap it has yet to report,
+    /// it has delivered what it yielded), and every item inside the crate
+    /// counted once, buffered or read ahead.
+    pub fn check_synced(&self, stats: &Stats, inside: usize) -> Checked {
+        let last = self.branches.len().checked_sub(1).expect("a branch");
+        self.check_stats(last, stats)?;
+        for branch in &self.branches {
+            let id = branch.id;
+            let entry = entry(stats, id);
+            let unreported = entry.missed - branch.missed;
+            ensure!(
+                self,
+                self.pulled - entry.lag as u64 == branch.next + unreported,
+                "synced stats: branch {id} at {} (lag {}), it is at {} with {unreported} not reported",
+                self.pulled - entry.lag as u64,
+                entry.lag,
+                branch.next
+            );
+            ensure!(
+                self,
+                entry.delivered == branch.received,
+                "synced stats: branch {id} delivered {}, it yielded {}",
+                entry.delivered,
+                branch.received
+            );
+        }
+        ensure!(
+            self,
+            inside == stats.buffered + stats.read_ahead,
+            "{inside} items alive inside the crate, but buffered {} + read ahead {}: each item is stored once",
+            stats.buffered,
+            stats.read_ahead
+        );
+        Ok(())
+    }
+
+    /// The position of branch `i` in an exact snapshot: the next item it
+    /// yields, or gives up.
+    fn position_in(&self, stats: &Stats, i: usize) -> u64 {
+        let id = self.branches[i].id;
+        let entry = entry(stats, id);
+        stats.pulled - entry.lag as u64
+    }
+
+    /// Checks a poll of branch `i` that returned `polled`, against exact
+    /// snapshots `before` and `after` it ([`synced_stats`]), before the
+    /// model records it. What the snapshot before decides, the poll must
+    /// return: the `Lagged(k)` of exactly the items given up and not reported
+    /// yet, else the next item held for it, else the end; none of those
+    /// pulls or gives anything up. At the end of the buffer, a batch fits in
+    /// the free room (plus the item given up for it, then at most one). Only
+    /// and every lossy branch at the oldest position gives an item up, one
+    /// each (more only to bring back within `cap` what forks took past it),
+    /// and no lossless branch is left behind by it. A branch waits or gives
+    /// up an item only at a full buffer: when nothing is read ahead or
+    /// promised, `cap` items, and it waits exactly when a lossless branch is
+    /// at the oldest of them.
+    pub fn check_poll_between(
+        &self,
+        i: usize,
+        polled: Polled,
+        before: &Stats,
+        after: &Stats,
+    ) -> Checked {
+        let cap = self.cap;
+        let pulled = after.pulled - before.pulled;
+        let id = self.branches[i].id;
+        let most = 1 + self.counted_excess() as u64;
+        let mut gave_up = Vec::with_capacity(self.branches.len());
+        for branch in &self.branches {
+            let missed = entry(after, branch.id).missed - entry(before, branch.id).missed;
+            ensure!(
+                self,
+                missed <= most,
+                "poll of branch {id}: branch {} gave up {missed} items, at most {most}",
+                branch.id
+            );
+            gave_up.push(missed > 0);
+        }
+        let evicted = gave_up.contains(&true);
+        if evicted {
+            // A lossy branch never reads ahead: its position is where it
+            // takes its next item.
+            let oldest = (0..self.branches.len())
+                .filter(|&j| self.branches[j].lossy)
+                .map(|j| self.position_in(before, j))
+                .min();
+            ensure!(
+                self,
+                oldest.is_some(),
+                "poll of branch {id}: a lossless branch gave an item up"
+            );
+            let oldest = oldest.unwrap_or_default();
+            for (j, branch) in self.branches.iter().enumerate() {
+                let position = self.position_in(before, j);
+                ensure!(
+                    self,
+                    gave_up[j] == (branch.lossy && position == oldest),
+                    "poll of branch {id}: branch {} gave up an item: {}, but only and every lossy branch at the oldest position {oldest} does",
+                    branch.id,
+                    gave_up[j]
+                );
+                ensure!(
+                    self,
+                    branch.lossy || before.read_ahead > 0 || position > oldest,
+                    "poll of branch {id}: lossless branch {} at {position} lost the oldest item {oldest}",
+                    branch.id
+                );
+            }
+        }
+        let me = &self.branches[i];
+        let entry = entry(before, id);
+        let unreported = entry.missed - me.missed;
+        let position = self.position_in(before, i);
+        let decided = if unreported > 0 {
+            Some(Polled::Lagged(unreported))
+        } else if position < before.pulled {
+            Some(Polled::Item(position))
+        } else if before.upstream_done {
+            Some(Polled::End)
+        } else {
+            None
+        };
+        if let Some(expected) = decided {
+            ensure!(
+                self,
+                polled == expected,
+                "poll of branch {id}: {polled:?}, the snapshot before says {expected:?}"
+            );
+            ensure!(
+                self,
+                !evicted && pulled == 0,
+                "poll of branch {id}: pulled {pulled} or gave up an item ({evicted}) without need"
+            );
+            return Ok(());
+        }
+        // At the end of the buffer: it pulls and yields its next item, or
+        // learns of the end, or waits.
+        let free = (cap + usize::from(evicted)).saturating_sub(before.buffered + before.read_ahead);
+        ensure!(
+            self,
+            pulled as usize <= free,
+            "poll of branch {id}: a batch of {pulled}, {free} free"
+        );
+        if evicted {
+            ensure!(
+                self,
+                before.buffered > 0 && pulled <= 1,
+                "poll of branch {id}: gave up an item of {} buffered, for a batch of {pulled}",
+                before.buffered
+            );
+        }
+        match polled {
+            Polled::Item(value) => ensure!(
+                self,
+                value == position && pulled >= 1,
+                "poll of branch {id}: item {value} at the end ({position}), {pulled} pulled"
+            ),
+            Polled::End => ensure!(
+                self,
+                pulled == 0 && after.upstream_done,
+                "poll of branch {id}: None, with {pulled} pulled"
+            ),
+            Polled::Pending => ensure!(
+                self,
+                pulled == 0 && !evicted,
+                "poll of branch {id}: Pending, with {pulled} pulled or an item given up ({evicted})"
+            ),
+            Polled::Lagged(_) => ensure!(self, false, "poll of branch {id}: a report at the end"),
+        }
+        let room_is_known = before.read_ahead == 0
+            && !self
+                .branches
+                .iter()
+                .enumerate()
+                .any(|(j, branch)| j != i && branch.pending && !branch.lossy);
+        if (polled == Polled::Pending || evicted) && room_is_known {
+            ensure!(
+                self,
+                before.buffered == cap,
+                "poll of branch {id}: waited or gave up an item with {} buffered, nothing read ahead or promised",
+                before.buffered
+            );
+            let blocked = before
+                .branches
+                .iter()
+                .any(|entry| !entry.lossy && entry.lag == cap);
+            ensure!(
+                self,
+                blocked == (polled == Polled::Pending),
+                "poll of branch {id}: {polled:?}, a lossless branch at the oldest item: {blocked}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Polls `handles[i]` like [`poll`](Self::poll), between exact snapshots
+    /// ([`synced_stats`]) that it checks the poll against
+    /// ([`check_poll_between`](Self::check_poll_between)); returns the
+    /// snapshot after it too, for [`check_synced`](Self::check_synced).
+    pub fn poll_synced<S>(
+        &mut self,
+        handles: &mut [Handle<S>],
+        i: usize,
+        upstream: &impl Fn() -> (u64, bool),
+    ) -> Result<(Polled, Option<S::Item>, Stats), String>
+    where
+        S: Stream,
+        S::Item: Clone + Value,
+    {
+        let before = synced_stats(handles);
+        let (polled, item) = handles[i].poll();
+        let after = synced_stats(handles);
+        self.check_poll_between(i, polled, &before, &after)?;
+        let (yielded, ended) = upstream();
+        self.observe_upstream(yielded, ended)?;
+        self.polled(i, polled)
+            .map_err(|error| format!("poll of branch {}: {error}", self.branches[i].id))?;
+        Ok((polled, item, after))
+    }
+
     /// Polls `handles[i]` from its task, records the upstream's state
     /// (`upstream()`: items yielded, ended) and what the poll returned, and
     /// returns it with the item.
@@ -700,6 +960,19 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// A snapshot that is exact for every branch: a snapshot counts each
+/// branch's read-ahead as of its latest visit to the buffer, exactly for the
+/// branch that takes it, so each branch takes one in turn, and the last one
+/// is exact for all. (Each is a step of its branch: it releases the
+/// reservation of what it has yielded from its read-ahead.)
+pub fn synced_stats<S: Stream>(handles: &[Handle<S>]) -> Stats {
+    handles
+        .iter()
+        .map(Handle::stats)
+        .last()
+        .expect("at least one branch")
 }
 
 /// A fork, as [`Handle::fork_counting_copies`] returns it: what
@@ -799,6 +1072,28 @@ impl<S: Stream> Handle<S> {
 impl<S> Handle<S>
 where
     S: Stream,
+    S::Item: Clone,
+{
+    /// Its `size_hint()`.
+    pub fn size_hint(&self) -> (usize, Option<usize>) {
+        match self.kind() {
+            Kind::Lossless(branch) => branch.size_hint(),
+            Kind::Lossy(branch) => branch.size_hint(),
+        }
+    }
+
+    /// Its `is_terminated()`.
+    pub fn is_terminated(&self) -> bool {
+        match self.kind() {
+            Kind::Lossless(branch) => branch.is_terminated(),
+            Kind::Lossy(branch) => branch.is_terminated(),
+        }
+    }
+}
+
+impl<S> Handle<S>
+where
+    S: Stream,
     S::Item: Clone + Value,
 {
     /// Polls it once from its task; returns what it yielded, as the model
@@ -842,11 +1137,7 @@ where
         let before = self.stats().read_ahead;
         let fork = self.fork();
         let stats = fork.stats();
-        let entry = stats
-            .branches
-            .iter()
-            .find(|entry| entry.id == fork.id())
-            .expect("the fork's own entry");
+        let entry = entry(&stats, fork.id());
         let start = stats.pulled - (entry.lag as u64 + entry.delivered + entry.missed);
         Forked {
             copied: (stats.read_ahead - before) as u64,
