@@ -50,11 +50,9 @@
 //!   share of the batch and leaves the rest buffered. The read-ahead counts
 //!   against `cap`, and its room is given back when the branch has yielded
 //!   it, so a fast branch may wait until the slowest branch has yielded its
-//!   read-ahead, not just one item. A branch that waits at the end of the
-//!   buffer is promised room for its share of the next batch, which it keeps
-//!   until it polls again. So a fast branch runs exactly `cap` items ahead of
-//!   the slowest branch when no other branch holds read-ahead or waits for
-//!   the next item, and otherwise up to `cap` minus what they hold (at most a
+//!   read-ahead, not just one item. So a fast branch runs exactly `cap`
+//!   items ahead of the slowest branch when no other branch holds
+//!   read-ahead, and otherwise up to `cap` minus what they hold (at most a
 //!   quarter of `cap` each). Batch sizes are an implementation detail.
 //! - **No task is spawned.** Whichever branch needs an item that nobody has
 //!   pulled yet polls the upstream itself. Creating branches polls nothing.

@@ -20,12 +20,9 @@ pub(crate) struct BranchRecord {
     /// read-ahead when it last held the lock; at least what it holds now.
     pub(crate) reserved: usize,
     /// The room the branch holds for its read-ahead, `reserved` included:
-    /// what it took in its latest batch, or the share of a pushed batch
-    /// promised to it while it waited. Zero once it holds nothing.
+    /// what it took in its latest batch, while it holds some of it. Zero
+    /// once it holds nothing.
     pub(crate) allotment: usize,
-    /// Its latest poll returned `Pending`, and it has not been polled since:
-    /// it waits at the end of the buffer.
-    pub(crate) waiting: bool,
     /// The branch gives up items instead of holding the others back.
     pub(crate) lossy: bool,
     /// Items given up so far.
@@ -44,7 +41,6 @@ impl BranchRecord {
             taken: 0,
             reserved: 0,
             allotment: 0,
-            waiting: false,
             lossy,
             missed: 0,
             unreported_missed: 0,

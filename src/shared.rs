@@ -22,9 +22,9 @@
 //! set aside for some: the buffered slots; each branch's *allotment*, which
 //! covers its *reservation* (its read-ahead, counted until it next takes the
 //! lock, which it does at the latest when it yields the last item of it)
-//! and room promised to it for its next batch; and the items freed under
-//! the lock and being dropped outside it. Invariant, whenever the lock is
-//! free: occupancy `<= capacity`.
+//! and the room of the item it yielded last, while it holds more; and the
+//! items freed under the lock and being dropped outside it. Invariant,
+//! whenever the lock is free: occupancy `<= capacity`.
 //!
 //! - A move into a read-ahead turns a slot into a reservation: no change.
 //! - A clone into a read-ahead is taken only within the branch's allotment
@@ -36,10 +36,10 @@
 //!   the room that is left, and the buffer gets the rest.
 //! - A branch keeps the allotment of its batch while it holds items, so
 //!   that its next batch is as large (it is never larger than what it held
-//!   plus one), and has none once it holds nothing. When a batch is pushed,
-//!   the lossless branches that wait at the end of the buffer are promised
-//!   room for a batch of clones ([`State::promise_room`]), until they poll:
-//!   so a poller running on leaves them room to read in batches too.
+//!   plus one), and has none once it holds nothing: room is never set aside
+//!   for a branch that holds nothing, so a fast branch runs exactly
+//!   `capacity` items ahead of the slowest when no other branch holds
+//!   read-ahead.
 //! - A fork gets a clone of its original's read-ahead, reserved like any
 //!   read-ahead: the one place where the occupancy may pass the capacity
 //!   (by that read-ahead, at most a batch), because the fork needs its own
@@ -95,7 +95,7 @@
 //!
 //! (A branch that waits for room waits for the occupancy to drop, and every
 //! change of the occupancy happens under the lock, so the first row covers
-//! promises given up, allotments shrinking and freed items uncounted.)
+//! allotments shrinking and freed items uncounted.)
 //!
 //! A branch that waits registers its waker under the same lock under which
 //! it saw the reason to wait, and every change of that reason happens under
@@ -218,8 +218,6 @@ struct State<S: Stream> {
     allotted: usize,
     /// Items freed under the lock and not dropped yet (see [`Freed`]).
     dropping: usize,
-    /// The branches whose `waiting` is set.
-    waiting: usize,
     upstream: Upstream<S>,
     /// The upstream's `size_hint` after its latest poll.
     upstream_hint: SizeHint,
@@ -284,7 +282,6 @@ impl<S: Stream> Shared<S> {
                 reserved: 0,
                 allotted: 0,
                 dropping: 0,
-                waiting: 0,
                 upstream: Upstream::Idle(Box::pin(upstream)),
                 upstream_hint,
                 high_water: 0,
@@ -320,7 +317,6 @@ impl<S: Stream> Shared<S> {
     /// held is free once they are.
     pub(crate) fn release(&self, key: usize, ahead: VecDeque<S::Item>) {
         let mut state = self.lock_for(key, ahead.len());
-        state.set_waiting(key, false);
         let record = state.branches.remove(key);
         state.stalls_outdated = true;
         state.reserved -= record.reserved;
@@ -478,7 +474,6 @@ where
         debug_assert!(ahead.is_empty());
         loop {
             let mut state = self.lock_for(key, 0);
-            state.set_waiting(key, false);
             let record = state.branches.get_mut(key);
             if record.unreported_missed > 0 {
                 let missed = std::mem::take(&mut record.unreported_missed);
@@ -520,7 +515,6 @@ where
                     Room::Full => state.waiting_for_room.register(key, cx.waker()),
                 },
             };
-            state.set_waiting(key, true);
             drop(state);
             drop(replaced);
             return Poll::Pending;
@@ -559,7 +553,6 @@ where
         };
         if pulled > 0 || retired.is_some() {
             state.upstream_returned(&self.signal);
-            state.promise_room(pulled);
         }
         if let Err(payload) = cloned {
             drop(state);
@@ -582,7 +575,6 @@ where
             drop(state);
             return Poll::Ready(Some(D::item(item)));
         }
-        state.set_waiting(key, true);
         match self.signal.park_after_pending(key, cx.waker()) {
             AfterPending::Parked(replaced) => {
                 drop(state);
@@ -671,51 +663,6 @@ impl<S: Stream> State<S> {
         debug_assert!(allotment >= record.reserved);
         self.allotted = self.allotted - record.allotment + allotment;
         record.allotment = allotment;
-    }
-
-    /// Sets whether branch `key` waits at the end of the buffer.
-    fn set_waiting(&mut self, key: usize, waiting: bool) {
-        let record = self.branches.get_mut(key);
-        if record.waiting != waiting {
-            record.waiting = waiting;
-            if waiting {
-                self.waiting += 1;
-            } else {
-                self.waiting -= 1;
-            }
-        }
-    }
-
-    /// The lossless branches that wait at the end of the buffer: each will
-    /// take a clone of every item pulled next.
-    fn waiting_for_clones(&self) -> usize {
-        self.branches
-            .iter()
-            .filter(|record| record.waiting && !record.lossy)
-            .count()
-    }
-
-    /// Promises the lossless branches that wait for the items of a batch
-    /// just pushed room for a batch of clones, as much as the free room
-    /// allows: so that the poller, running on, leaves them room to take
-    /// their next batch in one go. The promise is theirs until they poll.
-    fn promise_room(&mut self, batch: usize) {
-        if self.waiting == 0 {
-            return;
-        }
-        let waiting = self.waiting_for_clones();
-        if waiting == 0 {
-            return;
-        }
-        let share = (self.room() / waiting).min(batch);
-        let mut promised = 0;
-        for record in self.branches.iter_mut() {
-            if record.waiting && !record.lossy && record.allotment < share {
-                promised += share - record.allotment;
-                record.allotment = share;
-            }
-        }
-        self.allotted += promised;
     }
 
     /// Takes the idle upstream out of the state for a poll.
@@ -899,7 +846,7 @@ where
     fn read(&mut self, key: usize, ahead: &mut VecDeque<S::Item>) -> Option<S::Item> {
         match self.plan_batch(key, 0) {
             (0, 0) => {
-                // At the end of the buffer: a promise of room is of no use.
+                // At the end of the buffer: it holds nothing.
                 self.set_allotment(key, 0);
                 None
             }

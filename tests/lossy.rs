@@ -672,7 +672,7 @@ fn live_items_are_the_buffer_the_read_ahead_and_the_held_ones_and_nothing_leaks(
                     Poll::Ready(None) => tap_done = true,
                     // `cap` items ahead of `main`, the tap waits for it (up
                     // to `cap`: exactly `cap` if `main` holds nothing read
-                    // ahead, and it never waits, so it holds no promise).
+                    // ahead).
                     Poll::Pending => {
                         let ahead = main.stats().read_ahead;
                         assert!(main.lag() <= cap);
@@ -871,8 +871,7 @@ fn random_interleavings_of_lossy_branches_only_never_wait() {
 
 #[test]
 fn random_interleavings_with_room_to_read_ahead_account_for_every_item() {
-    // Larger capacities, where backpressure branches take items ahead and
-    // are promised room for their next batch.
+    // Larger capacities, where backpressure branches take items ahead.
     for seed in 0..300 {
         let mut rng = Rng::new(seed ^ 0x5EED);
         let n = 1 + rng.below(4);

@@ -1887,7 +1887,7 @@ fn a_branch_waiting_for_room_is_woken_once_the_slow_branch_has_yielded_its_read_
 }
 
 /// A `next()` future that returned `Pending` is dropped after items arrived
-/// and another branch pulled them (A was waiting, so it was promised room);
+/// and another branch pulled them;
 /// futures made and dropped while A holds read-ahead; a `Pending` one at
 /// the end of the buffer, dropped: A loses nothing, and every counter stays
 /// exact.

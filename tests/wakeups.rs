@@ -136,12 +136,11 @@ fn dropping_the_last_poller_does_not_strand_the_first() {
 /// (b) A polls the empty upstream, B waits on it too, A stays alive but is
 /// never polled again: B is woken and gets the item, and A gets it later.
 ///
-/// B runs four items ahead of A. The capacity leaves room for that and for
-/// the room A may be promised while it waits (at most a quarter of `cap`):
-/// B never waits for room here, only for the upstream.
+/// B runs four items ahead of A: exactly the capacity, since A holds no
+/// read-ahead. B never waits for room here, only for the upstream.
 #[test]
 fn a_busy_poller_does_not_strand_a_waiting_branch() {
-    let (tx, branches) = channel_fanout(2, 8);
+    let (tx, branches) = channel_fanout(2, 4);
     let [mut a, mut b] = two(branches);
     let (mut ta, mut tb) = (spawn(()), spawn(()));
     assert_pending!(poll(&mut ta, &mut a));
@@ -383,7 +382,7 @@ const READ_AHEAD_CAP: usize = 16;
 /// Tracked items `0..len` fanned out into a fast and a slow branch of
 /// capacity [`READ_AHEAD_CAP`]. The fast one reads until it waits for room:
 /// it is then exactly `cap` items ahead, since the slow one holds no
-/// read-ahead and was never promised room (it never waited).
+/// read-ahead.
 fn fast_waiting_for_room(
     tracker: &Arc<Tracker>,
     len: u64,
@@ -549,8 +548,7 @@ fn a_branch_waiting_for_room_is_woken_when_the_slowest_is_dropped_with_a_read_ah
 }
 
 /// A's `next()` future waits on the empty channel and is cancelled; B's
-/// poll pulls a batch, which A, waiting, is promised room for, and B yields
-/// the whole batch. A's next `next()` future takes the items into A's
+/// poll pulls a batch, and B yields the whole batch. A's next `next()` future takes the items into A's
 /// read-ahead; `next()` futures dropped then (unpolled, or beaten by another
 /// future in a `select`) lose nothing: A yields every item, in order, and
 /// its lag counts its read-ahead all along.

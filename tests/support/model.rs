@@ -709,9 +709,9 @@ impl Model {
     /// and every lossy branch at the oldest position gives an item up, one
     /// each (more only to bring back within `cap` what forks took past it),
     /// and no lossless branch is left behind by it. A branch waits or gives
-    /// up an item only at a full buffer: when nothing is read ahead or
-    /// promised, `cap` items, and it waits exactly when a lossless branch is
-    /// at the oldest of them.
+    /// up an item only at a full buffer: when nothing is read ahead, `cap`
+    /// items, and it waits exactly when a lossless branch is at the oldest
+    /// of them.
     pub fn check_poll_between(
         &self,
         i: usize,
@@ -825,17 +825,13 @@ impl Model {
             ),
             Polled::Lagged(_) => ensure!(self, false, "poll of branch {id}: a report at the end"),
         }
-        let room_is_known = before.read_ahead == 0
-            && !self
-                .branches
-                .iter()
-                .enumerate()
-                .any(|(j, branch)| j != i && branch.pending && !branch.lossy);
+        // Room is set aside only for branches that hold read-ahead.
+        let room_is_known = before.read_ahead == 0;
         if (polled == Polled::Pending || evicted) && room_is_known {
             ensure!(
                 self,
                 before.buffered == cap,
-                "poll of branch {id}: waited or gave up an item with {} buffered, nothing read ahead or promised",
+                "poll of branch {id}: waited or gave up an item with {} buffered, nothing read ahead",
                 before.buffered
             );
             let blocked = before
