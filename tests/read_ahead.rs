@@ -1529,6 +1529,22 @@ impl Run {
     }
 }
 
+/// Random programs of 150 steps for every `cap` in a spread and `n` in
+/// 1..=4, six seeds each (spread by `seed_factor`), with or without forks
+/// and lossy turns.
+fn run_random_programs(seed_factor: u64, forks: bool, lossy_turns: bool) {
+    hang_guard(move || {
+        for cap in [1, 2, 3, 5, 8, 16, 64] {
+            for n in 1..=4 {
+                for seed in 0..6 {
+                    let seed = seed * seed_factor + n as u64;
+                    Run::new(n, cap, 150, seed, forks, lossy_turns).run(200_000);
+                }
+            }
+        }
+    });
+}
+
 /// Random programs of polls, forks (of branches holding read-ahead or not),
 /// drops and lossy turns, checked after every step against the shared
 /// reference model: the memory bound as documented (at most `cap` items
@@ -1542,15 +1558,7 @@ impl Run {
 /// that branch, never too low for the others.
 #[test]
 fn random_polls_forks_drops_and_lossy_turns_keep_every_bound() {
-    hang_guard(|| {
-        for cap in [1, 2, 3, 5, 8, 16, 64] {
-            for n in 1..=4 {
-                for seed in 0..6 {
-                    Run::new(n, cap, 150, seed * 31 + n as u64, true, true).run(200_000);
-                }
-            }
-        }
-    });
+    run_random_programs(31, true, true);
 }
 
 /// The same without forks, where the model allows no excess: at most `cap`
@@ -1558,15 +1566,7 @@ fn random_polls_forks_drops_and_lossy_turns_keep_every_bound() {
 /// snapshot, from any branch.
 #[test]
 fn random_polls_drops_and_lossy_turns_without_forks_keep_the_strict_bound() {
-    hang_guard(|| {
-        for cap in [1, 2, 3, 5, 8, 16, 64] {
-            for n in 1..=4 {
-                for seed in 0..6 {
-                    Run::new(n, cap, 150, seed * 7 + n as u64, false, true).run(200_000);
-                }
-            }
-        }
-    });
+    run_random_programs(7, false, true);
 }
 
 /// The same without lossy turns: each item is cloned at most once less than
@@ -1574,15 +1574,7 @@ fn random_polls_drops_and_lossy_turns_without_forks_keep_the_strict_bound() {
 /// or forked later from before it), forks mid-way included.
 #[test]
 fn clone_counts_stay_within_readers_minus_one_with_forks_mid_way() {
-    hang_guard(|| {
-        for cap in [1, 2, 3, 5, 8, 16, 64] {
-            for n in 1..=4 {
-                for seed in 0..6 {
-                    Run::new(n, cap, 150, seed * 17 + n as u64, true, false).run(200_000);
-                }
-            }
-        }
-    });
+    run_random_programs(17, true, false);
 }
 
 /// `buffered + read_ahead <= cap` seen from every branch after every step,
