@@ -89,6 +89,8 @@ pub(crate) struct Registry {
     free: Vec<usize>,
     /// The id the next registered branch gets.
     next_id: usize,
+    /// The live branches that are lossy.
+    lossy: usize,
 }
 
 impl Registry {
@@ -101,6 +103,7 @@ impl Registry {
                 .collect(),
             free: Vec::new(),
             next_id: count,
+            lossy: 0,
         }
     }
 
@@ -120,6 +123,7 @@ impl Registry {
     /// Registers `record`, whose id is `next_id`; returns its key and id.
     fn insert(&mut self, record: BranchRecord) -> (usize, usize) {
         let id = record.id;
+        self.lossy += usize::from(record.lossy);
         self.next_id = id.checked_add(1).expect("fanout: too many branches");
         let record = Some(record);
         let key = match self.free.pop() {
@@ -139,6 +143,7 @@ impl Registry {
     pub(crate) fn remove(&mut self, key: usize) -> BranchRecord {
         let record = self.records[key].take().expect("a live branch's key");
         self.free.push(key);
+        self.lossy -= usize::from(record.lossy);
         record
     }
 
@@ -150,6 +155,21 @@ impl Registry {
     #[inline]
     pub(crate) fn get_mut(&mut self, key: usize) -> &mut BranchRecord {
         self.records[key].as_mut().expect("a live branch's key")
+    }
+
+    /// Makes the branch under `key` lossy.
+    pub(crate) fn make_lossy(&mut self, key: usize) {
+        let record = self.get_mut(key);
+        if !record.lossy {
+            record.lossy = true;
+            self.lossy += 1;
+        }
+    }
+
+    /// Whether some live branch is lossy.
+    #[inline]
+    pub(crate) fn any_lossy(&self) -> bool {
+        self.lossy > 0
     }
 
     /// The number of live branches.

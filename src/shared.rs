@@ -341,7 +341,7 @@ impl<S: Stream> Shared<S> {
     /// those first, and takes no more ahead.
     pub(crate) fn make_lossy(&self, key: usize, ahead: usize) {
         let mut state = self.lock_for(key, ahead);
-        state.branches.get_mut(key).lossy = true;
+        state.branches.make_lossy(key);
         state.stalls_outdated = true;
     }
 
@@ -698,7 +698,9 @@ impl<S: Stream> State<S> {
     /// Whether the oldest slot exists and every branch at it is lossy, so
     /// that a branch that needs room may evict it.
     fn only_lossy_hold_head(&self) -> bool {
-        !self.slots.is_empty() && self.branches.at(self.head).all(|record| record.lossy)
+        self.branches.any_lossy()
+            && !self.slots.is_empty()
+            && self.branches.at(self.head).all(|record| record.lossy)
     }
 
     /// The lossy branches at the oldest slot give it up. Returns its item,
