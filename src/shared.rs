@@ -936,14 +936,8 @@ where
     ) {
         let first = self.index_of(self.branches.get(key).position);
         if moves > 0 {
-            if moves < 8 {
-                for _ in 0..moves {
-                    ahead.extend(self.pop_slot());
-                }
-            } else {
-                ahead.extend(self.slots.drain(..moves).map(|slot| slot.item));
-                self.head += moves as u64;
-            }
+            ahead.extend(self.slots.drain(..moves).map(|slot| slot.item));
+            self.head += moves as u64;
             self.branches.get_mut(key).take(moves);
             self.reserve(key, moves);
         }
