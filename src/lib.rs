@@ -247,6 +247,7 @@ mod shared;
 mod stall;
 mod stats;
 mod stream_ext;
+mod subscriber;
 mod sync;
 mod upstream;
 mod upstream_signal;
@@ -255,7 +256,8 @@ mod waiters;
 pub use branch::Branch;
 pub use lossy::{Lagged, Lossy};
 pub use stats::{BranchStats, Stats};
-pub use stream_ext::{fanout, StreamExt};
+pub use stream_ext::{fanout, share, StreamExt};
+pub use subscriber::Subscriber;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
