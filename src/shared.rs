@@ -48,7 +48,9 @@
 //!   a poll that has nothing ahead is always taken: it is yielded at once,
 //!   without a reservation.
 //! - The upstream is polled only with free room, for at most that many
-//!   items ([`batch_limit`]); the poller keeps clones of them within half of
+//!   items ([`batch_limit`]), and that room stays set aside while the poll
+//!   is in flight (`pulling`), so that the branches taking clones meanwhile
+//!   cannot fill it too; the poller keeps clones of its batch within half of
 //!   the room that is left, and the buffer gets the rest.
 //! - A branch keeps the allotment of its batch while it holds items, so
 //!   that its next batch is as large (it is never larger than what it held
@@ -240,6 +242,9 @@ struct State<S: Stream> {
     allotted: usize,
     /// Items freed under the lock and not dropped yet (see [`Freed`]).
     dropping: usize,
+    /// The most items the poll of the upstream in flight may push: room
+    /// that other branches may not fill with clones meanwhile.
+    pulling: usize,
     upstream: Upstream<S>,
     /// The upstream's `size_hint` after its latest poll.
     upstream_hint: SizeHint,
@@ -313,6 +318,7 @@ impl<S: Stream> Shared<S> {
                 reserved: 0,
                 allotted: 0,
                 dropping: 0,
+                pulling: 0,
                 upstream: Upstream::Idle(Box::pin(upstream)),
                 upstream_hint,
                 high_water: 0,
@@ -442,6 +448,7 @@ impl<S: Stream> Shared<S> {
     /// to find out.
     pub(crate) fn first_poll_panicked(&self, upstream: std::pin::Pin<Box<S>>) {
         let mut state = self.lock_state();
+        state.pulling = 0;
         state.upstream = Upstream::Panicked(None);
         state.upstream_returned(&self.signal);
         drop(state);
@@ -539,6 +546,7 @@ where
                             }
                             Pull::Batches => room.min(batch_limit(self.capacity)),
                         };
+                        state.pulling = limit;
                         let poll = UpstreamPoll::new(self, state.take_upstream(), limit);
                         self.signal.start_poll();
                         drop(state);
@@ -573,6 +581,7 @@ where
         let (upstream, end) = poll.pull(&self.upstream_waker, ahead);
 
         let mut state = self.lock_state();
+        state.pulling = 0;
         let pulled = ahead.len();
         let mut expired = Vec::new();
         let cloned = state.push_pulled(key, ahead, &mut expired);
@@ -661,9 +670,11 @@ impl<S: Stream> State<S> {
         self.occupancy() >= self.capacity
     }
 
-    /// The items that can be added before the buffer is full.
+    /// The items that can be added before the buffer is full, besides
+    /// those that the poll in flight may push.
     fn room(&self) -> usize {
-        self.capacity.saturating_sub(self.occupancy())
+        self.capacity
+            .saturating_sub(self.occupancy() + self.pulling)
     }
 
     /// Sets branch `key`'s reservation to `ahead`, the items it holds now:

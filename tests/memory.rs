@@ -664,3 +664,40 @@ fn items_lossy_branches_give_up_keep_their_room_until_they_are_gone() {
         assert_eq!(census.inside(), 0);
     });
 }
+
+/// A branch that reads clones while another one polls the upstream may not
+/// fill the room that poll is about to push into. Here the upstream itself
+/// polls the other branch during the pull, a late subscriber with items to
+/// replay and nothing read ahead, while the buffer has room for one batch.
+#[test]
+fn clones_taken_during_a_pull_leave_room_for_its_batch() {
+    type Upstream = std::pin::Pin<Box<dyn Stream<Item = Tracked> + Send>>;
+    const CAP: usize = 16;
+    let tracker = Tracker::new();
+    let during_pull: Arc<std::sync::Mutex<Option<Branch<Upstream>>>> = Arc::default();
+    let (hook, items) = (Arc::clone(&during_pull), Arc::clone(&tracker));
+    let (mut next, mut polled_it) = (0, false);
+    let upstream: Upstream = Box::pin(stream::poll_fn(move |_| {
+        if let Some(branch) = hook.lock().unwrap().as_mut().filter(|_| !polled_it) {
+            drop(poll_once(branch));
+            polled_it = true;
+        }
+        next += 1;
+        Poll::Ready(Some(items.item(next)))
+    }));
+    let feed = upstream.share_replay(CAP, 3);
+    let (mut fast, _idle) = (feed.subscribe(), feed.subscribe());
+    let room_for_one_batch = CAP - first_batch(2, CAP);
+    for _ in 0..room_for_one_batch {
+        assert!(matches!(poll_once(&mut fast), Poll::Ready(Some(_))));
+    }
+    assert_eq!(feed.stats().pulled, room_for_one_batch as u64);
+    *during_pull.lock().unwrap() = Some(feed.subscribe());
+
+    assert!(matches!(poll_once(&mut fast), Poll::Ready(Some(_))));
+    assert!(
+        tracker.live() <= CAP,
+        "{} items alive, cap {CAP}",
+        tracker.live()
+    );
+}
