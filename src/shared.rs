@@ -934,12 +934,16 @@ where
         self.head += skip as u64;
         let buffered = self.slots.len();
         let slots = &mut self.slots;
-        let cloned = catch_unwind(AssertUnwindSafe(|| {
-            slots.extend(ahead.range(skip..keep).map(|item| Slot {
-                item: item.clone(),
-                unread_by: others,
-            }));
-        }));
+        let cloned = if skip == keep {
+            Ok(())
+        } else {
+            catch_unwind(AssertUnwindSafe(|| {
+                slots.extend(ahead.range(skip..keep).map(|item| Slot {
+                    item: item.clone(),
+                    unread_by: others,
+                }));
+            }))
+        };
         let kept = skip + (self.slots.len() - buffered);
         let unread_by = others + 1;
         self.slots
@@ -1016,10 +1020,10 @@ where
         let last_reader = index == 0 && self.slots.front().is_some_and(|slot| slot.unread_by == 1);
         let moves = if last_reader {
             // Items kept for replay are cloned even for their last reader.
-            let movable = self.replay_start(self.pulled()).saturating_sub(self.head);
+            let movable = self.slots.len().saturating_sub(self.replay);
             self.slots
                 .iter()
-                .take(wanted.min(usize::try_from(movable).unwrap_or(usize::MAX)))
+                .take(wanted.min(movable))
                 .take_while(|slot| slot.unread_by == 1)
                 .count()
         } else {
