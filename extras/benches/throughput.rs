@@ -14,8 +14,8 @@
 //! - `baseline_n`: `n` independent copies of the upstream, each drained by
 //!   its own task; the floor no fan-out can beat for cheap items.
 //!
-//! Run with `cargo bench --bench throughput`; the README's performance table
-//! lists the ratios of one run.
+//! Run with `cargo bench -p fanout-extras --bench throughput`; the README's
+//! performance table lists the ratios of one run.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -101,7 +101,7 @@ fn through_fanout_with_stats<T: Item>(n: usize, cap: usize) -> Digests {
             while let Some(item) = branch.next().await {
                 digest = digest.wrapping_add(item.weight());
                 read += 1;
-                if read % 1024 == 0 {
+                if read.is_multiple_of(1024) {
                     black_box(branch.stats());
                 }
             }

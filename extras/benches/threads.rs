@@ -13,7 +13,7 @@
 //! every implementation alike. Memory is not measured here: see the
 //! `threads` example and `tests/blocking.rs`, which count items.
 //!
-//! Run with `cargo bench --bench threads`.
+//! Run with `cargo bench -p fanout-extras --bench threads`.
 
 use std::hint::black_box;
 use std::thread;

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""Prints the throughput ratios of criterion runs of `benches/throughput.rs`.
+"""Prints the throughput ratios of criterion runs of `extras/benches/throughput.rs`.
 
-Usage: python3 benches/ratios.py DIR [DIR ...]
+Usage: python3 extras/benches/ratios.py DIR [DIR ...]
 
-Each DIR is a copy of `target/criterion` after one `cargo bench --bench
-throughput` run. For every scenario and implementation, the ratio is
-baseline_n's median time over the implementation's, in the same run (higher
-is better); with several runs, the median of the per-run ratios is printed.
-Scenarios without baseline_n print throughput relative to fanout instead;
-groups with neither (other benches) are skipped.
+Each DIR is a copy of `target/criterion` after one `cargo bench -p
+fanout-extras --bench throughput` run. For every scenario and
+implementation, the ratio is baseline_n's median time over the
+implementation's, in the same run (higher is better); with several runs, the
+median of the per-run ratios is printed. Scenarios without baseline_n print
+throughput relative to fanout instead; groups with neither (other benches)
+are skipped.
 """
 import glob
 import json

@@ -1,0 +1,1 @@
+//! Benchmarks and examples of fanout with heavy dependencies.
