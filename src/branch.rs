@@ -9,7 +9,7 @@ use futures_core::stream::{FusedStream, Stream};
 use crate::read_ahead::ReadAhead;
 use crate::shared::{Delivery, Pull, Shared};
 use crate::sync::Arc;
-use crate::{Lossy, Stats};
+use crate::{Lossy, Stats, Subscriber};
 
 /// Stream for the [`fanout`](crate::StreamExt::fanout) and
 /// [`tee`](crate::StreamExt::tee) methods: one of the branches that share an
@@ -63,10 +63,16 @@ impl<S: Stream> Branch<S> {
         if branches == 0 {
             return Vec::new();
         }
-        let shared = Arc::new(Shared::new(upstream, branches, capacity, pull));
+        let shared = Arc::new(Shared::new(upstream, branches, capacity, 0, pull));
         (0..branches)
             .map(|id| Self::new(Arc::clone(&shared), id, id, false))
             .collect()
+    }
+
+    /// A new branch of the fanout `shared` (see [`Subscriber::subscribe`]).
+    pub(crate) fn subscribed(shared: Arc<Shared<S>>) -> Self {
+        let (key, id) = shared.subscribe();
+        Self::new(shared, key, id, false)
     }
 
     fn new(shared: Arc<Shared<S>>, key: usize, id: usize, terminated: bool) -> Self {
@@ -220,6 +226,27 @@ impl<S: Stream> Branch<S> {
         let ahead = self.ahead.get_mut().len();
         self.shared.make_lossy(self.key, ahead);
         Lossy::new(self)
+    }
+
+    /// Returns a [`Subscriber`] to this branch's fanout, which adds branches
+    /// to it later without holding anything back itself.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fanout::StreamExt as _;
+    /// use futures::{executor::block_on, future, stream, StreamExt};
+    ///
+    /// let [parser, audit] = stream::iter(0..100).fanout_array(16);
+    /// let subscriber = parser.subscriber();
+    /// drop(audit);
+    /// let metrics = subscriber.subscribe();
+    /// assert_eq!(subscriber.branches(), 2);
+    /// let (parsed, counted) = block_on(future::join(parser.count(), metrics.count()));
+    /// assert_eq!((parsed, counted), (100, 100));
+    /// ```
+    pub fn subscriber(&self) -> Subscriber<S> {
+        Subscriber::new(Arc::clone(&self.shared))
     }
 
     /// Returns the capacity of the buffer this branch shares with its

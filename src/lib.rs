@@ -14,7 +14,7 @@
 //! use futures::{executor::block_on, future, stream, StreamExt};
 //!
 //! let events = stream::iter(1..=1000);
-//! let [parser, metrics, audit]: [_; 3] = events.fanout(3, 64).try_into().unwrap();
+//! let [parser, metrics, audit] = events.fanout_array(64);
 //!
 //! let (parsed, total, audited) = block_on(future::join3(
 //!     parser.map(|n| n * 2).collect::<Vec<_>>(),
@@ -64,8 +64,8 @@
 //!   read-ahead are dropped, it never holds the others back again, and
 //!   branches that were waiting for room are woken once those items are
 //!   gone (never before: the room an item held is not reused while it is
-//!   alive). When the last branch is dropped, the upstream and the buffered
-//!   items are dropped.
+//!   alive). When the last branch (and the last [`Subscriber`]) is dropped,
+//!   the upstream and the buffered items are dropped.
 //! - **Cloning a branch** forks it: the clone starts where the original is,
 //!   yields the same remaining items, and from then on counts for
 //!   backpressure like any other branch. It gets a clone of the original's
@@ -128,6 +128,49 @@
 //! assert!(matches!(seen[0], Err(Lagged(_))));
 //! ```
 //!
+//! # Consumers that come and go
+//!
+//! A server does not know its clients up front. [`share`](StreamExt::share)
+//! returns a [`Subscriber`] rather than branches: a handle that holds no
+//! place in the buffer and holds nothing back, and that adds a branch with
+//! [`subscribe`](Subscriber::subscribe) whenever a client connects. The new
+//! branch starts at the live edge and from then on is like any other: it
+//! applies backpressure, or is made lossy (a dashboard that must never slow
+//! the feed), and dropping it when the client leaves releases it at once.
+//! While no branch is alive, nothing is polled. [`Subscriber::stats`]
+//! serves a `/stats` endpoint without a branch of its own, and
+//! [`Branch::subscriber`] gives a subscriber to a fanout made with `fanout`
+//! or `tee`.
+//!
+//! [`share_replay`](StreamExt::share_replay) keeps the latest items for
+//! clients that join late, so that they start with some context. Kept
+//! items count against `cap` but never make a branch wait: when room is
+//! needed, the oldest of them that no branch has still to read is dropped
+//! first; [`Stats::kept_for_replay`] counts them.
+//!
+//! ```
+//! use fanout::StreamExt as _;
+//! use futures::{channel::mpsc, executor::block_on, StreamExt};
+//!
+//! let (events, feed) = mpsc::unbounded();
+//! let feed = feed.share_replay(64, 2);
+//! block_on(async {
+//!     let mut first = feed.subscribe();
+//!     for event in ["a", "b", "c"] {
+//!         events.unbounded_send(event).unwrap();
+//!         assert_eq!(first.next().await, Some(event));
+//!     }
+//!     // A client that connects now first gets the latest 2 events.
+//!     let mut late = feed.subscribe();
+//!     assert_eq!(late.next().await, Some("b"));
+//!     assert_eq!(late.next().await, Some("c"));
+//!     events.unbounded_send("d").unwrap();
+//!     assert_eq!((first.next().await, late.next().await), (Some("d"), Some("d")));
+//!     drop(events);
+//!     assert_eq!((first.next().await, late.next().await), (None, None));
+//! });
+//! ```
+//!
 //! # Finding the bottleneck
 //!
 //! With backpressure, a slow consumer no longer shows up as memory growth
@@ -170,6 +213,65 @@
 //!     let sum = s.spawn(move || sum.sum::<u64>());
 //!     assert_eq!(count.count(), 100_000);
 //!     assert_eq!(sum.join().unwrap(), 5_000_050_000);
+//! });
+//! ```
+//!
+//! # Recipes
+//!
+//! **Errors that are not `Clone`.** Items are cloned for every branch but
+//! the last, so a stream of `Result`s whose error is not `Clone`
+//! (`std::io::Error`, `reqwest::Error`) needs its errors shared first:
+//! `map_err(Arc::new)` before `fanout`, and every branch sees the same
+//! error.
+//!
+//! ```
+//! use std::{io, sync::Arc};
+//!
+//! use fanout::StreamExt as _;
+//! use futures::{executor::block_on, future, stream, StreamExt, TryStreamExt};
+//!
+//! let lines = stream::iter([Ok("GET /"), Err(io::Error::new(io::ErrorKind::Other, "disk gone"))]);
+//! let [parser, audit] = lines.map_err(Arc::new).fanout_array(16);
+//! let (parsed, audited) = block_on(future::join(
+//!     parser.collect::<Vec<_>>(),
+//!     audit.try_collect::<Vec<_>>(),
+//! ));
+//! assert_eq!(parsed.len(), 2);
+//! assert_eq!(audited.unwrap_err().to_string(), "disk gone");
+//! ```
+//!
+//! **Costly items.** A clone runs under the fanout's lock, once per branch
+//! but the last, and `cap` bounds the number of items, not their bytes.
+//! Put large or costly items behind an `Arc` (or use `bytes::Bytes` for
+//! buffers), so that a clone is a reference count and the items held are
+//! shared: `stream.map(Arc::new).fanout(n, cap)`.
+//!
+//! **On tokio: the co-op budget.** Branches do not take part in tokio's
+//! co-op budget (this crate does not depend on tokio), and a branch reading
+//! items that are buffered or read ahead never returns `Pending`. A branch
+//! waits at the latest when it is `cap` items ahead of the slowest one, and
+//! an upstream on tokio's resources (a channel, a socket) spends the budget
+//! when it is polled; but a consumer loop over the slowest branch of an
+//! upstream that is always ready, with no other `.await` on a tokio
+//! resource, can keep its worker thread from the other tasks for a long
+//! time. In such a loop, call `tokio::task::consume_budget().await` (it
+//! yields only once the task's budget is spent), or wrap the `next()` in
+//! `tokio::task::coop::cooperative` (tokio 1.44).
+//!
+//! ```
+//! use fanout::StreamExt as _;
+//! use futures::{stream, StreamExt};
+//!
+//! let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+//! runtime.block_on(async {
+//!     let [mut sum, count] = stream::iter(0..10_000u64).fanout_array(256);
+//!     let count = tokio::spawn(count.count());
+//!     let mut total = 0;
+//!     while let Some(n) = sum.next().await {
+//!         total += n;
+//!         tokio::task::consume_budget().await; // lets `count` run now and then
+//!     }
+//!     assert_eq!((total, count.await.unwrap()), (49_995_000, 10_000));
 //! });
 //! ```
 //!
@@ -222,9 +324,7 @@
 //! use futures::{executor::block_on, future, stream, StreamExt};
 //!
 //! // Fully qualified, or with the free function: never ambiguous.
-//! let [a, b]: [_; 2] = fanout::StreamExt::fanout(stream::iter(["event"]), 2, 16)
-//!     .try_into()
-//!     .unwrap();
+//! let [a, b] = fanout::StreamExt::fanout_array(stream::iter(["event"]), 16);
 //! let [c, d]: [_; 2] = fanout::fanout(stream::iter(["event"]), 2, 16).try_into().unwrap();
 //! let seen = block_on(future::join4(a.count(), b.count(), c.count(), d.count()));
 //! assert_eq!(seen, (1, 1, 1, 1));
@@ -247,6 +347,7 @@ mod shared;
 mod stall;
 mod stats;
 mod stream_ext;
+mod subscriber;
 mod sync;
 mod upstream;
 mod upstream_signal;
@@ -255,7 +356,8 @@ mod waiters;
 pub use branch::Branch;
 pub use lossy::{Lagged, Lossy};
 pub use stats::{BranchStats, Stats};
-pub use stream_ext::{fanout, StreamExt};
+pub use stream_ext::{fanout, share, StreamExt};
+pub use subscriber::Subscriber;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

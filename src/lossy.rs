@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use futures_core::stream::{FusedStream, Stream};
 
 use crate::shared::Delivery;
-use crate::{Branch, Stats};
+use crate::{Branch, Stats, Subscriber};
 
 /// Stream for the [`into_lossy`](Branch::into_lossy) method: a branch that
 /// never applies backpressure, and says so when it misses items.
@@ -96,6 +96,25 @@ impl<S: Stream> Lossy<S> {
     /// ```
     pub fn id(&self) -> usize {
         self.branch.id()
+    }
+
+    /// Returns a [`Subscriber`] to this branch's fanout. See
+    /// [`Branch::subscriber`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fanout::StreamExt as _;
+    /// use futures::stream;
+    ///
+    /// let (main, tap) = stream::iter(0..3).tee(2);
+    /// let tap = tap.into_lossy();
+    /// let subscriber = tap.subscriber();
+    /// drop(main);
+    /// assert_eq!(subscriber.branches(), 1);
+    /// ```
+    pub fn subscriber(&self) -> Subscriber<S> {
+        self.branch.subscriber()
     }
 
     /// Returns a snapshot of the statistics of the whole fanout. See

@@ -120,6 +120,11 @@ impl Registry {
         self.insert(record)
     }
 
+    /// Registers a new lossless branch at `position`. Returns its key and id.
+    pub(crate) fn subscribe(&mut self, position: u64) -> (usize, usize) {
+        self.insert(BranchRecord::new(self.next_id, position, false))
+    }
+
     /// Registers `record`, whose id is `next_id`; returns its key and id.
     fn insert(&mut self, record: BranchRecord) -> (usize, usize) {
         let id = record.id;

@@ -5,9 +5,25 @@
 //! Items are numbered by *position*, 0 for the first item the upstream
 //! yields. Each branch's record in the [`Registry`] keeps the position of the
 //! next item it takes. The buffer holds the items from `head` (the oldest
-//! position some live branch has not taken) up to `head + slots.len()` (the
-//! next position the upstream will yield), and each slot counts the live
-//! branches that have not taken it yet.
+//! position some live branch has not taken, or the oldest kept for replay)
+//! up to `head + slots.len()` (the next position the upstream will yield),
+//! and each slot counts the live branches that have not taken it yet.
+//!
+//! # Branches that come and go
+//!
+//! A branch can join at any time ([`Shared::subscribe`]): it is registered
+//! at the end of the buffer, the live edge, so it holds no slot, and its
+//! first item is the first one a poll of the upstream pushes after that
+//! (a poll in flight included). A fanout made to replay keeps the latest
+//! `replay` items pulled even once every branch has read them: slots with
+//! `unread_by == 0`, always at the front, since `unread_by` never decreases
+//! from front to back. A new branch starts at the oldest of them still
+//! held, so it takes them first. Kept slots count in the occupancy like any
+//! slot, but a branch that needs room evicts the oldest of them (step 4 below)
+//! rather than wait; the last reader of an item in the replay window clones
+//! it rather than take it by move; and a slot that falls out of the window
+//! with nobody left to read it is freed ([`State::pop_unneeded`]). Without
+//! replay, every slot has `unread_by >= 1`.
 //!
 //! A branch takes items in batches, under one lock, into its
 //! [`ReadAhead`](crate::read_ahead::ReadAhead),
@@ -75,9 +91,10 @@
 //!    ([`State::push_pulled`]); alone, it keeps them all and the buffer gets
 //!    nothing. If the upstream returned `Pending` before yielding anything,
 //!    the poller waits for it like case 2.
-//! 4. At the end of a full buffer whose oldest slot only lossy branches
-//!    hold: they give it up (each counts one missed item and moves past it),
-//!    and the poll starts again once the item is dropped.
+//! 4. At the end of a full buffer whose oldest slot is kept only for
+//!    replay, or held only by lossy branches: it is evicted (each of those
+//!    branches counts one missed item and moves past it), and the poll
+//!    starts again once the item is dropped.
 //! 5. At the end of a full buffer otherwise: it waits for room.
 //!
 //! So the upstream is polled by one branch at a time, and never with a lock
@@ -88,10 +105,11 @@
 //! | event | who is woken | the one place |
 //! |---|---|---|
 //! | room frees up: a reservation released, a slot popped, freed items dropped, a branch dropped or forked | branches waiting for room | [`State::settle`], on every release of the lock |
-//! | only lossy branches hold the oldest slot of a full buffer (a backpressure branch read past it, was dropped, or turned lossy) | branches waiting for room | [`State::settle`] |
+//! | only lossy branches hold the oldest slot of a full buffer (a backpressure branch read past it, was dropped, or turned lossy), or nobody but the replay does | branches waiting for room | [`State::settle`] |
 //! | the upstream ends, or its poll panics | branches waiting for room | [`State::settle`] |
 //! | a batch is pushed; the upstream ends; its poll panics | branches waiting for the upstream | [`State::upstream_returned`] |
 //! | the upstream wakes its waker | branches waiting for the upstream | [`UpstreamSignal`]'s `wake` |
+//! | a branch subscribes | nobody: it frees no room, and holds only slots kept for replay, which nobody waits for | |
 //!
 //! (A branch that waits for room waits for the occupancy to drop, and every
 //! change of the occupancy happens under the lock, so the first row covers
@@ -202,10 +220,14 @@ pub(crate) struct Shared<S: Stream> {
 }
 
 struct State<S: Stream> {
-    /// The buffered items, oldest first. Invariants: every slot has
-    /// `unread_by >= 1`; `unread_by` never decreases from front to back.
+    /// The buffered items, oldest first. Invariants: `unread_by` never
+    /// decreases from front to back; a slot with `unread_by == 0` is kept
+    /// for replay: it is one of the last `replay` items pulled.
     slots: VecDeque<Slot<S::Item>>,
     capacity: usize,
+    /// How many of the latest items pulled are kept for branches that
+    /// subscribe later, even once every branch has read them.
+    replay: usize,
     /// The position of `slots[0]`: every live branch is at `head` or later,
     /// and at `head + slots.len()` at the latest.
     head: u64,
@@ -267,8 +289,16 @@ enum Room {
 
 impl<S: Stream> Shared<S> {
     /// Wraps `upstream` for `branches` branches with keys and ids
-    /// `0..branches`, to be pulled as `pull` says. Polls nothing.
-    pub(crate) fn new(upstream: S, branches: usize, capacity: usize, pull: Pull) -> Self {
+    /// `0..branches`, keeping the latest `replay` items pulled for branches
+    /// that subscribe later, to be pulled as `pull` says. Polls nothing.
+    pub(crate) fn new(
+        upstream: S,
+        branches: usize,
+        capacity: usize,
+        replay: usize,
+        pull: Pull,
+    ) -> Self {
+        debug_assert!(replay <= capacity);
         let (signal, upstream_waker) = UpstreamSignal::new();
         let upstream_hint = upstream.size_hint();
         Self {
@@ -277,6 +307,7 @@ impl<S: Stream> Shared<S> {
             state: Mutex::new(State {
                 slots: VecDeque::new(),
                 capacity,
+                replay,
                 head: 0,
                 branches: Registry::new(branches),
                 reserved: 0,
@@ -326,9 +357,8 @@ impl<S: Stream> Shared<S> {
         for slot in state.slots.range_mut(first_unread..) {
             slot.unread_by -= 1;
         }
-        while state.slots.front().is_some_and(|slot| slot.unread_by == 0) {
-            freed.extend(state.pop_slot());
-        }
+        let end = state.pulled();
+        state.pop_unneeded(end, &mut freed);
         state.dropping += freed.len();
         let freed = Freed::new(self, freed);
         let replaced = (state.waiting_for_room.remove(key), self.signal.remove(key));
@@ -375,27 +405,36 @@ impl<S: Stream> Shared<S> {
         (hint, record.unreported_missed > 0)
     }
 
+    /// Registers a new lossless branch at the live edge, or, with replay, at
+    /// the oldest item still kept for it; returns its key and id.
+    pub(crate) fn subscribe(&self) -> (usize, usize) {
+        let mut state = self.lock_state();
+        let start = state.replay_start(state.pulled()).max(state.head);
+        let (key, id) = state.branches.subscribe(start);
+        state.stalls_outdated = true;
+        let first_unread = state.index_of(start);
+        for slot in state.slots.range_mut(first_unread..) {
+            slot.unread_by += 1;
+        }
+        (key, id)
+    }
+
+    /// The number of live branches.
+    pub(crate) fn branches(&self) -> usize {
+        self.lock_state().branches.len()
+    }
+
     /// A snapshot of the fanout's statistics, taken by branch `key`, with
     /// `ahead` items ahead.
     pub(crate) fn stats(&self, key: usize, ahead: usize) -> Stats {
         let now = Instant::now();
-        let state = self.lock_for(key, ahead);
-        let end = state.pulled();
-        let mut branches: Vec<_> = state
-            .branches
-            .iter()
-            .map(|record| record.stats(end, now))
-            .collect();
-        branches.sort_unstable_by_key(|branch| branch.id);
-        Stats {
-            capacity: state.capacity,
-            buffered: state.slots.len(),
-            read_ahead: state.reserved,
-            high_water: state.high_water,
-            pulled: end,
-            upstream_done: matches!(state.upstream, Upstream::Done),
-            branches,
-        }
+        State::stats(&self.lock_for(key, ahead), now)
+    }
+
+    /// A snapshot of the fanout's statistics, taken from outside any branch.
+    pub(crate) fn stats_outside(&self) -> Stats {
+        let now = Instant::now();
+        State::stats(&self.lock_state(), now)
     }
 
     /// Records that the first `poll_next` of a batch panicked: the upstream,
@@ -506,7 +545,7 @@ where
                         return self.poll_upstream::<D>(key, poll, ahead, cx);
                     }
                     Room::Evict => {
-                        let evicted = state.evict_for_lossy();
+                        let evicted = state.evict_head();
                         let evicted = Freed::new(self, evicted);
                         drop(state);
                         drop(evicted);
@@ -535,7 +574,11 @@ where
 
         let mut state = self.lock_state();
         let pulled = ahead.len();
-        let cloned = state.push_pulled(key, ahead);
+        let mut expired = Vec::new();
+        let cloned = state.push_pulled(key, ahead, &mut expired);
+        state.dropping += expired.len();
+        // Dropped after the lock is released, on every path below.
+        let expired = Freed::new(self, expired);
         let retired = match end {
             BatchEnd::Limit(hint) | BatchEnd::Pending(hint) => {
                 state.upstream_hint = hint;
@@ -564,6 +607,7 @@ where
             // the batch stays in its read-ahead. (Its reservation stays one
             // too high until its next lock: nobody can pull any more.)
             drop(state);
+            drop(expired);
             drop(upstream);
             return match ahead.pop_front() {
                 Some(item) => Poll::Ready(Some(D::item(item))),
@@ -686,26 +730,74 @@ impl<S: Stream> State<S> {
         Some(slot.item)
     }
 
+    /// The oldest position kept for replay once `end` items are pulled.
+    fn replay_start(&self, end: u64) -> u64 {
+        end.saturating_sub(self.replay as u64)
+    }
+
+    /// Pops, into `freed`, the oldest slots that every branch has read and
+    /// that are not kept for replay once `end` items are pulled.
+    fn pop_unneeded(&mut self, end: u64, freed: &mut Vec<S::Item>) {
+        let replay_start = self.replay_start(end);
+        while self.head < replay_start && self.slots.front().is_some_and(|slot| slot.unread_by == 0)
+        {
+            freed.extend(self.pop_slot());
+        }
+    }
+
+    /// A snapshot of the statistics, taken at `now`.
+    fn stats(&self, now: Instant) -> Stats {
+        let end = self.pulled();
+        let mut branches: Vec<_> = self
+            .branches
+            .iter()
+            .map(|record| record.stats(end, now))
+            .collect();
+        branches.sort_unstable_by_key(|branch| branch.id);
+        Stats {
+            capacity: self.capacity,
+            buffered: self.slots.len(),
+            kept_for_replay: self.kept_for_replay(),
+            read_ahead: self.reserved,
+            high_water: self.high_water,
+            pulled: end,
+            upstream_done: matches!(self.upstream, Upstream::Done),
+            branches,
+        }
+    }
+
+    /// The buffered items that every branch has read, kept for replay.
+    fn kept_for_replay(&self) -> usize {
+        self.slots
+            .iter()
+            .take_while(|slot| slot.unread_by == 0)
+            .count()
+    }
+
     /// What a branch at the end of the buffer may do about the upstream.
     fn room_to_pull(&self) -> Room {
         match self.room() {
-            0 if self.only_lossy_hold_head() => Room::Evict,
+            0 if self.head_is_evictable() => Room::Evict,
             0 => Room::Full,
             room => Room::Pull(room),
         }
     }
 
-    /// Whether the oldest slot exists and every branch at it is lossy, so
-    /// that a branch that needs room may evict it.
-    fn only_lossy_hold_head(&self) -> bool {
-        self.branches.any_lossy()
-            && !self.slots.is_empty()
-            && self.branches.at(self.head).all(|record| record.lossy)
+    /// Whether a branch that needs room may evict the oldest slot: it is
+    /// kept only for replay, or every branch at it is lossy.
+    fn head_is_evictable(&self) -> bool {
+        match self.slots.front() {
+            None => false,
+            Some(slot) if slot.unread_by == 0 => true,
+            Some(_) => {
+                self.branches.any_lossy() && self.branches.at(self.head).all(|record| record.lossy)
+            }
+        }
     }
 
-    /// The lossy branches at the oldest slot give it up. Returns its item,
-    /// counted until it is dropped.
-    fn evict_for_lossy(&mut self) -> Vec<S::Item> {
+    /// The oldest slot is evicted, and the lossy branches at it, if any,
+    /// give it up. Returns its item, counted until it is dropped.
+    fn evict_head(&mut self) -> Vec<S::Item> {
         for record in self.branches.at_mut(self.head) {
             record.give_up_next();
         }
@@ -793,49 +885,54 @@ where
     /// Records the batch that branch `key`, at the end of the buffer, has
     /// pulled into its read-ahead `ahead`: the branch keeps the items (a
     /// lossy one only the first, which it yields at once), and the buffer
-    /// gets a clone of each for the other branches, and the items it does
-    /// not keep. If a `Clone` panics, the items from there on are moved into
-    /// the buffer instead, for every branch, and the panic is returned.
+    /// gets a clone of each for the other branches and for replay, and the
+    /// items it does not keep. The items kept for replay that the batch
+    /// pushes out go into `freed`. If a `Clone` panics, the items from
+    /// there on are moved into the buffer instead, for every branch, and the
+    /// panic is returned.
     fn push_pulled(
         &mut self,
         key: usize,
         ahead: &mut VecDeque<S::Item>,
+        freed: &mut Vec<S::Item>,
     ) -> Result<(), PanicPayload> {
         let record = self.branches.get(key);
-        debug_assert_eq!(record.position, self.pulled(), "the poller is at the end");
+        let (start, lossy) = (record.position, record.lossy);
+        debug_assert_eq!(start, self.pulled(), "the poller is at the end");
+        let end = start + ahead.len() as u64;
+        self.pop_unneeded(end, freed);
         let others = self.branches.len() - 1;
-        let keep = if record.lossy {
+        let keep = if lossy {
             1
-        } else if others == 0 {
+        } else if others == 0 && self.replay == 0 {
             ahead.len()
         } else {
             1 + self.room().saturating_sub(ahead.len()) / 2
         }
         .min(ahead.len());
+        // Kept items that nobody else reads and that are not kept for replay
+        // skip the buffer. (Then the buffer is empty: its slots were all
+        // read, and older than the replay.)
+        let skip = if others == 0 {
+            let before_replay = self.replay_start(end).saturating_sub(start);
+            keep.min(usize::try_from(before_replay).unwrap_or(usize::MAX))
+        } else {
+            0
+        };
+        debug_assert!(skip == 0 || self.slots.is_empty());
+        self.head += skip as u64;
         let buffered = self.slots.len();
-        let cloned = if others == 0 {
-            Ok(())
-        } else {
-            let slots = &mut self.slots;
-            catch_unwind(AssertUnwindSafe(|| {
-                slots.extend(ahead.iter().take(keep).map(|item| Slot {
-                    item: item.clone(),
-                    unread_by: others,
-                }));
-            }))
-        };
-        let kept = if others == 0 {
-            keep
-        } else {
-            self.slots.len() - buffered
-        };
+        let slots = &mut self.slots;
+        let cloned = catch_unwind(AssertUnwindSafe(|| {
+            slots.extend(ahead.range(skip..keep).map(|item| Slot {
+                item: item.clone(),
+                unread_by: others,
+            }));
+        }));
+        let kept = skip + (self.slots.len() - buffered);
         let unread_by = others + 1;
         self.slots
             .extend(ahead.drain(kept..).map(|item| Slot { item, unread_by }));
-        if others == 0 {
-            // Nobody else reads the kept items: they skip the buffer.
-            self.head += kept as u64;
-        }
         self.branches.get_mut(key).take(kept);
         self.reserve(key, kept);
         cloned
@@ -907,9 +1004,11 @@ where
         let index = self.index_of(record.position);
         let last_reader = index == 0 && self.slots.front().is_some_and(|slot| slot.unread_by == 1);
         let moves = if last_reader {
+            // Items kept for replay are cloned even for their last reader.
+            let movable = self.replay_start(self.pulled()).saturating_sub(self.head);
             self.slots
                 .iter()
-                .take(wanted)
+                .take(wanted.min(usize::try_from(movable).unwrap_or(usize::MAX)))
                 .take_while(|slot| slot.unread_by == 1)
                 .count()
         } else {

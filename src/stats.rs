@@ -36,8 +36,15 @@ use std::time::Duration;
 pub struct Stats {
     /// The most items the buffer may hold: the `cap` the fanout was built with.
     pub capacity: usize,
-    /// Items buffered now, for the branches that have not taken them yet.
+    /// Items buffered now: for the branches that have not taken them yet,
+    /// and those kept for replay.
     pub buffered: usize,
+    /// Of the `buffered` items, those that every branch has read and that
+    /// are kept only for branches that subscribe later (see
+    /// [`share_replay`](crate::StreamExt::share_replay)). They hold nobody
+    /// back: the oldest of them is dropped when room is needed. Always 0
+    /// without replay.
+    pub kept_for_replay: usize,
     /// Items the branches have taken ahead of what they yielded, to yield
     /// them without a lock, as of each branch's latest visit to the buffer.
     /// They count against the capacity: `buffered + read_ahead <= capacity`,
@@ -141,10 +148,13 @@ impl fmt::Display for BranchStats {
 
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "buffered {}", self.buffered)?;
+        if self.kept_for_replay > 0 {
+            write!(f, " ({} kept for replay)", self.kept_for_replay)?;
+        }
         writeln!(
             f,
-            "buffered {} + read ahead {} of {} (high water {}), pulled {}, upstream {}",
-            self.buffered,
+            " + read ahead {} of {} (high water {}), pulled {}, upstream {}",
             self.read_ahead,
             self.capacity,
             self.high_water,

@@ -1,10 +1,12 @@
-//! The extension trait that adds [`fanout`](StreamExt::fanout) and
-//! [`tee`](StreamExt::tee) to every stream, and the free function behind it.
+//! The extension trait that adds [`fanout`](StreamExt::fanout),
+//! [`share`](StreamExt::share) and their variants to every stream, and the
+//! free functions behind it.
 
 use futures_core::Stream;
 
-use crate::shared::Pull;
-use crate::Branch;
+use crate::shared::{Pull, Shared};
+use crate::sync::Arc;
+use crate::{Branch, Subscriber};
 
 /// Splits `stream` into `n` branches that each yield every item, in order,
 /// sharing one buffer of at most `cap` items.
@@ -35,6 +37,53 @@ where
 {
     check_capacity(cap);
     Branch::split(stream, n, cap, Pull::Batches)
+}
+
+/// Shares `stream` between branches that [subscribe](Subscriber::subscribe)
+/// later, over one buffer of at most `cap` items: no branch yet, and
+/// nothing polled.
+///
+/// This is the same as [`StreamExt::share`], for streams on which the method
+/// is ambiguous.
+///
+/// # Panics
+///
+/// Panics if `cap` is 0.
+///
+/// # Examples
+///
+/// ```
+/// use futures::{executor::block_on, stream, StreamExt};
+///
+/// let feed = fanout::share(stream::iter(["a", "b"]), 8);
+/// let client = feed.subscribe();
+/// assert_eq!(block_on(client.collect::<Vec<_>>()), ["a", "b"]);
+/// ```
+#[track_caller]
+#[must_use = "a subscriber does nothing until a branch subscribes"]
+pub fn share<S>(stream: S, cap: usize) -> Subscriber<S>
+where
+    S: Stream,
+    S::Item: Clone,
+{
+    share_replay(stream, cap, 0)
+}
+
+/// [`share`] that keeps the latest `replay` items for branches that
+/// subscribe later.
+#[track_caller]
+fn share_replay<S>(stream: S, cap: usize, replay: usize) -> Subscriber<S>
+where
+    S: Stream,
+    S::Item: Clone,
+{
+    check_capacity(cap);
+    assert!(
+        replay <= cap,
+        "fanout: `replay` must be at most the capacity `cap`, got replay {replay} > cap {cap}"
+    );
+    let shared = Shared::new(stream, 0, cap, replay, Pull::Batches);
+    Subscriber::new(Arc::new(shared))
 }
 
 /// Panics, at the caller's call site, if `cap` is 0.
@@ -146,10 +195,118 @@ pub trait StreamExt: Stream {
         Self: Sized,
         Self::Item: Clone,
     {
-        let mut branches = fanout(self, 2, cap);
-        let second = branches.pop().expect("fanout returns n = 2 branches");
-        let first = branches.pop().expect("fanout returns n = 2 branches");
+        let [first, second] = self.fanout_array(cap);
         (first, second)
+    }
+
+    /// Splits this stream into `N` branches, as an array:
+    /// [`fanout`](StreamExt::fanout) with `n = N`, for a fixed set of
+    /// consumers, destructured in place.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `cap` is 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fanout::StreamExt as _;
+    /// use futures::{executor::block_on, future, stream, StreamExt};
+    ///
+    /// let [parser, metrics, audit] = stream::iter(1..=100).fanout_array(16);
+    /// let (parsed, total, audited) = block_on(future::join3(
+    ///     parser.map(|n| n * 2).collect::<Vec<_>>(),
+    ///     metrics.fold(0, |sum, n| future::ready(sum + n)),
+    ///     audit.count(),
+    /// ));
+    /// assert_eq!((parsed.len(), total, audited), (100, 5050, 100));
+    /// ```
+    #[track_caller]
+    #[must_use = "streams do nothing unless polled"]
+    fn fanout_array<const N: usize>(self, cap: usize) -> [Branch<Self>; N]
+    where
+        Self: Sized,
+        Self::Item: Clone,
+    {
+        fanout(self, N, cap)
+            .try_into()
+            .expect("fanout returns n = N branches")
+    }
+
+    /// Shares this stream between branches that
+    /// [subscribe](Subscriber::subscribe) at any time, over one buffer of at
+    /// most `cap` items: for consumers that come and go, such as the
+    /// clients of a server.
+    ///
+    /// The [`Subscriber`] holds no branch and polls nothing; each
+    /// [`subscribe`](Subscriber::subscribe) adds a lossless branch that
+    /// starts at the live edge, and from then on is like the branches of
+    /// [`fanout`](StreamExt::fanout). While no branch is alive, nothing is
+    /// polled and nothing new is buffered.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `cap` is 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fanout::StreamExt as _;
+    /// use futures::{executor::block_on, future, stream, StreamExt};
+    ///
+    /// let feed = stream::iter(0..1000).share(64);
+    /// let clients: Vec<_> = (0..3).map(|_| feed.subscribe()).collect();
+    /// let totals = block_on(future::join_all(clients.into_iter().map(|client| client.count())));
+    /// assert_eq!(totals, [1000, 1000, 1000]);
+    /// ```
+    #[track_caller]
+    #[must_use = "a subscriber does nothing until a branch subscribes"]
+    fn share(self, cap: usize) -> Subscriber<Self>
+    where
+        Self: Sized,
+        Self::Item: Clone,
+    {
+        share(self, cap)
+    }
+
+    /// [`share`](StreamExt::share), and keep the latest `replay` items pulled
+    /// for branches that subscribe later: a new branch first yields the
+    /// latest items pulled before it subscribed (at most `replay`, and only
+    /// those still held), then the live ones. Like Kotlin's `SharedFlow`
+    /// with a replay cache, for a late client that needs some context.
+    ///
+    /// The items are kept even after every branch has read them. They count
+    /// against `cap`, but never make anyone wait: when a branch needs room,
+    /// the oldest kept item that no branch has still to read is dropped
+    /// first. Items in the replay window are cloned for every branch that
+    /// reads them, the last one too, since the fanout keeps the original.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `cap` is 0, or if `replay` is greater than `cap`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use fanout::StreamExt as _;
+    /// use futures::{executor::block_on, stream, StreamExt};
+    ///
+    /// let feed = stream::iter(0..100).share_replay(32, 3);
+    /// let first = feed.subscribe();
+    /// assert_eq!(block_on(first.count()), 100);
+    /// // Every branch has read every item; the last 3 are kept for late ones.
+    /// assert_eq!(feed.stats().kept_for_replay, 3);
+    /// let late = feed.subscribe();
+    /// assert_eq!(block_on(late.collect::<Vec<_>>()), [97, 98, 99]);
+    /// ```
+    #[track_caller]
+    #[must_use = "a subscriber does nothing until a branch subscribes"]
+    fn share_replay(self, cap: usize, replay: usize) -> Subscriber<Self>
+    where
+        Self: Sized,
+        Self::Item: Clone,
+    {
+        share_replay(self, cap, replay)
     }
 }
 
