@@ -1,15 +1,13 @@
 //! A fast and a slow consumer of one stream of 10 million events: `fanout`'s
-//! bounded tee against a naive unbounded one, side by side in one process.
-//!
-//! The slow consumer does some CPU work per event (no sleeping). Through
-//! `tee(cap)`, the fast consumer waits once it is `cap` events ahead, and
-//! memory stays flat. Through the naive tee (a task that pushes a copy of
-//! each event into one unbounded channel per consumer), the fast side races
-//! ahead and the slow consumer's backlog, and the heap, grow with the stream.
-//! Progress bars show it live; `fanout`'s figures, on the bars and in the
-//! final report alike, come from one [`fanout::Subscriber`]'s `stats()`.
-//! The heap is counted by a `stats_alloc` global allocator. The program
-//! checks its own report and fails if a promise does not hold.
+//! bounded tee against a naive unbounded one, one after the other in one
+//! process. The slow consumer does CPU work per event (no sleeping). Through
+//! `tee(cap)`, the fast consumer waits once it is `cap` events ahead and the
+//! heap stays flat. Through the naive tee (a task that pushes a copy of each
+//! event into one unbounded channel per consumer), the fast one races ahead
+//! and the heap grows with the slow one's backlog. Progress bars show it live;
+//! `fanout`'s figures, on the bars and in the report alike, come from one
+//! [`fanout::Subscriber`]'s `stats()`, the heap's from a `peak_alloc` global
+//! allocator. The program checks its report and fails if a promise breaks.
 //!
 //! ```text
 //! cargo run --release --example slow_consumer -- [--events N] [--cap N] [--short] [--csv PATH]
@@ -18,31 +16,27 @@
 //! `--short` runs 200,000 events, for CI; `--csv` writes the samples that
 //! `cargo run -p fanout-extras --bin plot_memory` draws.
 
-use std::alloc::System;
-use std::fs::File;
 use std::hint::black_box;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fanout::{BranchStats, Stats, StreamExt as _};
-use futures::{stream, Stream, StreamExt};
+use futures::stream::{self, BoxStream, Stream, StreamExt};
 use indicatif::{BinaryBytes, HumanCount, MultiProgress, ProgressBar, ProgressStyle};
-use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
-use tokio::runtime::Runtime;
+use peak_alloc::PeakAlloc;
 use tokio::sync::mpsc::unbounded_channel;
-use tokio::task::coop::consume_budget;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 #[global_allocator]
-static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+static HEAP: PeakAlloc = PeakAlloc;
 
 /// Rounds of hashing per event: the fast consumer's and the slow consumer's.
 const FAST_ROUNDS: u32 = 1;
 const SLOW_ROUNDS: u32 = 150;
-/// How often the bars, the heap's peak and the CSV are sampled.
+/// How often the bars and the CSV are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 const USAGE: &str = "usage: slow_consumer [--events N] [--cap N] [--short] [--csv PATH]";
 
@@ -54,6 +48,9 @@ struct Event {
     user_id: u32,
 }
 
+/// A stream of events, as each consumer reads it.
+type Events = BoxStream<'static, Event>;
+
 fn upstream(events: u64) -> impl Stream<Item = Event> {
     stream::iter(0..events).map(|id| Event {
         id,
@@ -62,251 +59,184 @@ fn upstream(events: u64) -> impl Stream<Item = Event> {
     })
 }
 
-/// The work per event: `rounds` of the SplitMix64 finaliser over its fields.
-fn work(event: &Event, rounds: u32) -> u64 {
-    let mut x = event.id ^ event.timestamp_ms.rotate_left(17) ^ u64::from(event.user_id);
-    for _ in 0..black_box(rounds) {
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^= x >> 31;
-    }
-    x
-}
-
-/// Reads all `expected` events in order, working on each; returns the
-/// stream, still alive so that the final statistics still list its branch,
-/// and when it was done.
-async fn consume<S: Stream<Item = Event> + Unpin>(
-    mut events: S,
-    rounds: u32,
-    expected: u64,
-) -> (S, Instant) {
-    let (mut read, mut checksum) = (0, 0_u64);
+/// Reads all `expected` events in order, doing `rounds` of the SplitMix64
+/// finaliser on each; returns the stream, still alive so that the final
+/// statistics still list its branch, and when it was done.
+async fn consume(mut events: Events, rounds: u32, expected: u64) -> (Events, Instant) {
+    let mut read = 0;
     while let Some(event) = events.next().await {
         assert_eq!(event.id, read, "an event missing or out of order");
         read += 1;
-        checksum = checksum.wrapping_add(work(&event, rounds));
+        let mut x = event.id ^ event.timestamp_ms.rotate_left(17) ^ u64::from(event.user_id);
+        for _ in 0..black_box(rounds) {
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            x ^= x >> 31;
+        }
+        black_box(x);
         // Buffered items do not spend tokio's co-op budget: yield now and then.
-        consume_budget().await;
+        tokio::task::coop::consume_budget().await;
     }
     assert_eq!(read, expected, "events missing at the end");
-    black_box(checksum);
     (events, Instant::now())
 }
 
-/// What one scenario measured.
-struct Outcome {
-    name: &'static str,
-    elapsed: Duration,
-    /// The most events held at once, and the bound on them, if any.
-    peak_buffered: u64,
-    cap: Option<usize>,
-    /// The most heap in use above the scenario's start, sampled.
-    peak_heap: u64,
-}
+/// What a scenario measured: the time until both consumers were done, the
+/// most events held at once, and the peak of the heap in use.
+type Outcome = (Duration, u64, u64);
 
-impl Outcome {
-    /// Prints the scenario's row of the final table.
-    fn print_row(&self, events: u64) {
-        let (name, seconds) = (self.name, self.elapsed.as_secs_f64());
-        let (items, rate) = (
-            HumanCount(events).to_string(),
-            events as f64 / seconds / 1e6,
-        );
-        let bound = self
-            .cap
-            .map_or("unbounded".into(), |cap| format!("cap {cap}"));
-        let buffered = format!("{} ({bound})", HumanCount(self.peak_buffered));
-        let heap = BinaryBytes(self.peak_heap).to_string();
-        println!("{name:10}{items:>12}{seconds:>8.2} s{rate:>8.2} M/s{buffered:>24}{heap:>12}");
-    }
-}
-
-struct Run<'a> {
-    runtime: &'a Runtime,
-    events: u64,
-    csv: Option<BufWriter<File>>,
-}
-
-impl Run<'_> {
-    /// Runs the two consumers until both are done, sampling the heap and
-    /// `probe` (events read by the fast and the slow one, and those buffered)
-    /// into the bars and the CSV. Returns the streams, still alive.
-    fn watch<F, S>(
-        &mut self,
-        (name, cap): (&'static str, Option<usize>),
-        (fast, slow): (F, S),
-        probe: impl Fn() -> [u64; 3],
-    ) -> ((F, S), Outcome)
-    where
-        F: Stream<Item = Event> + Unpin + Send + 'static,
-        S: Stream<Item = Event> + Unpin + Send + 'static,
-    {
-        println!("{name}:");
-        let (events, multi) = (self.events, MultiProgress::new());
-        let fill = cap.map_or(events, |cap| cap as u64);
-        let counts = "{prefix:>9} [{bar:40}] {human_pos}/{human_len}";
-        let heap = "{prefix:>9} {binary_bytes} in use";
-        let bars = [
-            ("fast", events, counts),
-            ("slow", events, counts),
-            ("buffered", fill, counts),
-            ("heap", 0, heap),
-        ]
-        .map(|(prefix, len, template)| {
-            let style = ProgressStyle::with_template(template).expect("a valid template");
-            multi.add(ProgressBar::new(len).with_style(style).with_prefix(prefix))
-        });
-        let (region, started) = (Region::new(GLOBAL), Instant::now());
-        let fast = self.runtime.spawn(consume(fast, FAST_ROUNDS, events));
-        let slow = self.runtime.spawn(consume(slow, SLOW_ROUNDS, events));
-        let mut peak_heap = 0;
-        loop {
-            let done = fast.is_finished() && slow.is_finished();
-            let ([fast_read, slow_read, buffered], heap) = (probe(), region.change());
-            let heap = heap.bytes_allocated.saturating_sub(heap.bytes_deallocated) as u64;
-            peak_heap = peak_heap.max(heap);
-            for (bar, position) in bars.iter().zip([fast_read, slow_read, buffered, heap]) {
-                bar.set_position(position);
-            }
-            // Each bar draws itself, rate-limited: redraw all so that they show one sample.
-            bars.iter().for_each(ProgressBar::force_draw);
-            if let Some(csv) = &mut self.csv {
-                let seconds = started.elapsed().as_secs_f64();
-                writeln!(csv, "{name},{seconds:.3},{heap},{buffered}").expect("writing the CSV");
-            }
-            if done {
-                break;
-            }
-            std::thread::sleep(SAMPLE_EVERY);
+/// Runs one scenario: the fast and the slow consumer to the end, while the
+/// bars and the CSV sample the heap and `probe`: the events read by each, the
+/// events held now (the buffer bar is `buffer_len` long) and the most so far.
+/// Returns the streams, still alive, and the outcome.
+async fn run(
+    name: &str,
+    (events, buffer_len): (u64, u64),
+    (fast, slow): (Events, Events),
+    probe: impl Fn() -> [u64; 4],
+    csv: &mut dyn Write,
+) -> ((Events, Events), Outcome) {
+    println!("{name}:");
+    let (multi, started) = (MultiProgress::new(), Instant::now());
+    let counts = "{prefix:>9} [{bar:40}] {human_pos}/{human_len}";
+    let bars = [
+        ("fast", events, counts),
+        ("slow", events, counts),
+        ("buffered", buffer_len, counts),
+        ("heap", 0, "{prefix:>9} {binary_bytes} in use"),
+    ]
+    .map(|(prefix, len, template)| {
+        let style = ProgressStyle::with_template(template).expect("a valid template");
+        multi.add(ProgressBar::new(len).with_style(style).with_prefix(prefix))
+    });
+    HEAP.reset_peak_usage();
+    let fast = tokio::spawn(consume(fast, FAST_ROUNDS, events));
+    let slow = tokio::spawn(consume(slow, SLOW_ROUNDS, events));
+    let peak_held = loop {
+        let done = fast.is_finished() && slow.is_finished();
+        let ([fast_read, slow_read, held, peak_held], heap) = (probe(), HEAP.current_usage());
+        for (bar, position) in bars.iter().zip([fast_read, slow_read, held, heap as u64]) {
+            bar.set_position(position);
         }
-        bars.iter().for_each(ProgressBar::abandon);
-        let ((fast, fast_done), (slow, slow_done)) = self.runtime.block_on(async {
-            let fast = fast.await.expect("the fast consumer");
-            (fast, slow.await.expect("the slow consumer"))
-        });
-        let elapsed = fast_done.max(slow_done) - started;
-        let outcome = Outcome {
-            name,
-            elapsed,
-            peak_buffered: 0,
-            cap,
-            peak_heap,
-        };
-        ((fast, slow), outcome)
-    }
+        // Each bar draws itself, rate-limited: redraw all so that they show one sample.
+        bars.iter().for_each(ProgressBar::force_draw);
+        let seconds = started.elapsed().as_secs_f64();
+        writeln!(csv, "{name},{seconds:.3},{heap},{held}").expect("writing the CSV");
+        if done {
+            break peak_held;
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    };
+    bars.iter().for_each(ProgressBar::abandon);
+    let (fast, fast_done) = fast.await.expect("the fast consumer");
+    let (slow, slow_done) = slow.await.expect("the slow consumer");
+    let elapsed = fast_done.max(slow_done) - started;
+    ((fast, slow), (elapsed, peak_held, HEAP.peak_usage() as u64))
 }
 
 /// A branch's entry in a snapshot of the fanout's statistics.
 fn branch(stats: &Stats, id: usize) -> &BranchStats {
-    let mut branches = stats.branches.iter();
-    branches
-        .find(|branch| branch.id == id)
-        .expect("a live branch")
+    let found = stats.branches.iter().find(|branch| branch.id == id);
+    found.expect("a live branch")
 }
 
 /// Through `fanout`: `tee(cap)`, its statistics from a `Subscriber`. Also
 /// returns how long each branch held the upstream back.
-fn through_fanout(run: &mut Run<'_>, cap: usize) -> (Outcome, [String; 2]) {
-    let (fast, slow) = upstream(run.events).tee(cap);
-    let ids = [("fast", fast.id()), ("slow", slow.id())];
-    let feed = fast.subscriber();
-    let (branches, mut outcome) = run.watch(("fanout", Some(cap)), (fast, slow), || {
+async fn through_fanout(events: u64, cap: usize, csv: &mut dyn Write) -> (Outcome, String) {
+    let (fast, slow) = upstream(events).tee(cap);
+    let (ids, feed) = ([fast.id(), slow.id()], fast.subscriber());
+    let probe = || {
         let stats = feed.stats();
-        let [fast, slow] = ids.map(|(_, id)| branch(&stats, id).delivered);
-        [fast, slow, (stats.buffered + stats.read_ahead) as u64]
-    });
+        let [fast, slow] = ids.map(|id| branch(&stats, id).delivered);
+        let held = stats.buffered + stats.read_ahead;
+        [fast, slow, held as u64, stats.high_water as u64]
+    };
+    let streams = (fast.boxed(), slow.boxed());
+    let (branches, outcome) = run("fanout", (events, cap as u64), streams, probe, csv).await;
     let stats = feed.stats();
     drop(branches);
-    outcome.peak_buffered = stats.high_water as u64;
-    let held = ids.map(|(name, id)| {
-        let held = branch(&stats, id).stalled_upstream.as_secs_f64();
-        format!("{name} {held:.2} s")
-    });
-    (outcome, held)
+    let [fast, slow] = ids.map(|id| branch(&stats, id).stalled_upstream.as_secs_f64());
+    (outcome, format!("fast {fast:.2} s, slow {slow:.2} s"))
 }
 
 /// Through a naive tee: a task that pushes a copy of each event into one
-/// unbounded channel per consumer, and returns the slow one's largest backlog.
-fn through_naive_tee(run: &mut Run<'_>) -> Outcome {
-    let [pushed, fast_read, slow_read] = [(); 3].map(|()| Arc::new(AtomicU64::new(0)));
+/// unbounded channel per consumer.
+async fn through_naive_tee(events: u64, csv: &mut dyn Write) -> Outcome {
+    // Events pushed, read by the fast and the slow consumer, the slow one's largest backlog.
+    let counts: Arc<[AtomicU64; 4]> = Arc::default();
     let ((fast_tx, fast_rx), (slow_tx, slow_rx)) = (unbounded_channel(), unbounded_channel());
-    let (events, pushes, slow_reads) = (run.events, Arc::clone(&pushed), Arc::clone(&slow_read));
-    let pump = run.runtime.spawn(async move {
-        let (mut upstream, mut peak_backlog) = (std::pin::pin!(upstream(events)), 0);
+    let pushes = Arc::clone(&counts);
+    tokio::spawn(async move {
+        let mut upstream = std::pin::pin!(upstream(events));
+        let [pushed, _, slow_read, peak_backlog] = &*pushes;
         while let Some(event) = upstream.next().await {
-            let pushed = pushes.fetch_add(1, Relaxed) + 1;
+            let pushed = pushed.fetch_add(1, Relaxed) + 1;
+            peak_backlog.fetch_max(pushed.saturating_sub(slow_read.load(Relaxed)), Relaxed);
             let _ = (fast_tx.send(event), slow_tx.send(event));
-            peak_backlog = peak_backlog.max(pushed.saturating_sub(slow_reads.load(Relaxed)));
             // Sending never waits: let the other tasks in now and then.
             if pushed % 1024 == 0 {
                 tokio::task::yield_now().await;
             }
         }
-        peak_backlog
     });
-    let counted = |rx, read: &Arc<AtomicU64>| {
-        let read = Arc::clone(read);
-        UnboundedReceiverStream::new(rx).inspect(move |_| _ = read.fetch_add(1, Relaxed))
+    let counted = |rx, index: usize| {
+        let counts = Arc::clone(&counts);
+        UnboundedReceiverStream::new(rx).inspect(move |_| _ = counts[index].fetch_add(1, Relaxed))
     };
-    let streams = (counted(fast_rx, &fast_read), counted(slow_rx, &slow_read));
-    let (_, mut outcome) = run.watch(("naive tee", None), streams, || {
-        let slow = slow_read.load(Relaxed);
-        let backlog = pushed.load(Relaxed).saturating_sub(slow);
-        [fast_read.load(Relaxed), slow, backlog]
-    });
-    outcome.peak_buffered = run.runtime.block_on(pump).expect("the pump");
+    let streams = (counted(fast_rx, 1).boxed(), counted(slow_rx, 2).boxed());
+    let probe = || {
+        let [pushed, fast, slow, peak] = [0, 1, 2, 3].map(|index| counts[index].load(Relaxed));
+        [fast, slow, pushed.saturating_sub(slow), peak]
+    };
+    let (_, outcome) = run("naive tee", (events, events), streams, probe, csv).await;
     outcome
 }
 
-fn main() -> ExitCode {
-    let (events, cap, csv) = match parse_args() {
+#[tokio::main]
+async fn main() -> ExitCode {
+    let (events, cap, csv_path) = match parse_args() {
         Ok(args) => args,
         Err(error) => {
             eprintln!("error: {error}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
-    let csv = csv.map(|path| {
-        let mut csv = BufWriter::new(File::create(path).expect("creating the CSV"));
-        writeln!(csv, "scenario,seconds,heap_bytes,buffered").expect("writing the CSV");
-        csv
-    });
-    let runtime = Runtime::new().expect("a tokio runtime");
-    let mut run = Run {
-        runtime: &runtime,
-        events,
-        csv,
-    };
-    println!(
-        "{} events, to a fast consumer and a slow one",
-        HumanCount(events)
-    );
-    let (fanout, held) = through_fanout(&mut run, cap);
-    let naive = through_naive_tee(&mut run);
-    if let Some(csv) = &mut run.csv {
-        csv.flush().expect("writing the CSV");
+    let mut csv: Box<dyn Write> = Box::new(std::io::sink());
+    if let Some(path) = csv_path {
+        csv = Box::new(std::fs::File::create(path).expect("creating the CSV"));
     }
+    writeln!(csv, "scenario,seconds,heap_bytes,buffered").expect("writing the CSV");
+    let count = HumanCount(events).to_string();
+    println!("{count} events, to a fast consumer and a slow one");
+    let (fanout, held) = through_fanout(events, cap, &mut csv).await;
+    let naive = through_naive_tee(events, &mut csv).await;
 
     println!(
         "\n{:10}{:>12}{:>10}{:>12}{:>24}{:>12}",
         "", "items", "elapsed", "throughput", "peak buffered", "peak heap*"
     );
-    fanout.print_row(events);
-    naive.print_row(events);
-    let every = SAMPLE_EVERY.as_millis();
-    println!("* heap allocated during the scenario, peak sampled every {every} ms");
+    let rows = [
+        ("fanout", format!("cap {cap}"), fanout),
+        ("naive tee", "unbounded".into(), naive),
+    ];
+    for (name, bound, (elapsed, peak_buffered, peak_heap)) in rows {
+        let (seconds, heap) = (elapsed.as_secs_f64(), BinaryBytes(peak_heap).to_string());
+        let rate = events as f64 / seconds / 1e6;
+        let buffered = format!("{} ({bound})", HumanCount(peak_buffered));
+        println!("{name:10}{count:>12}{seconds:>8.2} s{rate:>8.2} M/s{buffered:>24}{heap:>12}");
+    }
+    println!("* the exact peak of the whole program's heap in use during the scenario");
     println!(
-        "\nheld the upstream back in fanout: {}\n  (the time the buffer was full with that branch at \
-         its oldest item, not all the time\n  the other one waited: each read frees a slot, and the \
-         buffer is full again only once the\n  woken task has run)",
-        held.join(", ")
+        "\nheld the upstream back in fanout: {held}\n  (the time the buffer was full with that \
+         branch at its oldest item, not all the time\n  the other one waited: each read frees a \
+         slot, and the buffer is full again only once the\n  woken task has run)"
     );
+    let ((_, fanout_buffered, fanout_heap), (_, _, naive_heap)) = (fanout, naive);
     let mut failures = Vec::new();
-    if fanout.peak_buffered > cap as u64 {
+    if fanout_buffered > cap as u64 {
         failures.push("fanout buffered more than its cap");
     }
-    if fanout.peak_heap * 10 >= naive.peak_heap {
+    if fanout_heap * 10 >= naive_heap {
         failures.push("fanout's peak heap is not below a tenth of the naive tee's");
     }
     for failure in &failures {
