@@ -67,9 +67,10 @@
 //!   already has. A branch turned lossy keeps its read-ahead, yields it first, and
 //!   takes nothing ahead from then on.
 //! - Freed items (a dropped branch's read-ahead and the slots only it had
-//!   left to read, items that lossy branches give up) stay counted until
-//!   they are dropped ([`Freed`]): room is never reused before the item
-//!   that held it is gone.
+//!   left to read, items that lossy branches give up, kept items evicted or
+//!   pushed out of the replay window by a batch) stay counted until they
+//!   are dropped ([`Freed`]): room is never reused before the item that
+//!   held it is gone, not even by the batch that pushed it out.
 //!
 //! The slowest lossless branch has yielded at least its position minus its
 //! reservation, so the upstream is never polled more than `capacity` items
@@ -585,8 +586,8 @@ where
         let pulled = ahead.len();
         let mut expired = Vec::new();
         let cloned = state.push_pulled(key, ahead, &mut expired);
-        state.dropping += expired.len();
-        // Dropped after the lock is released, on every path below.
+        // Counted by `push_pulled`; dropped after the lock is released, on
+        // every path below.
         let expired = Freed::new(self, expired);
         let retired = match end {
             BatchEnd::Limit(hint) | BatchEnd::Pending(hint) => {
@@ -898,9 +899,11 @@ where
     /// lossy one only the first, which it yields at once), and the buffer
     /// gets a clone of each for the other branches and for replay, and the
     /// items it does not keep. The items kept for replay that the batch
-    /// pushes out go into `freed`. If a `Clone` panics, the items from
-    /// there on are moved into the buffer instead, for every branch, and the
-    /// panic is returned.
+    /// pushes out go into `freed` (empty before), counted as being dropped
+    /// before the batch is shared out, so that what the poller keeps fits in
+    /// the room left beside them. If a `Clone` panics, the items from there
+    /// on are moved into the buffer instead, for every branch, and the panic
+    /// is returned.
     fn push_pulled(
         &mut self,
         key: usize,
@@ -911,7 +914,9 @@ where
         let (start, lossy) = (record.position, record.lossy);
         debug_assert_eq!(start, self.pulled(), "the poller is at the end");
         let end = start + ahead.len() as u64;
+        debug_assert!(freed.is_empty());
         self.pop_unneeded(end, freed);
+        self.dropping += freed.len();
         let others = self.branches.len() - 1;
         let keep = if lossy {
             1

@@ -17,8 +17,8 @@ use futures::stream::{self, FusedStream, Stream};
 
 use support::model::{synced_stats, Handle, Model, Polled};
 use support::{
-    counted, entry, poll_once, poll_with, CountedUpstream, CountingPolls, Rng, Tracked, Tracker,
-    WakeFlag,
+    counted, drain_ready, entry, poll_once, poll_with, CountedUpstream, CountingPolls, Rng,
+    Tracked, Tracker, WakeFlag,
 };
 
 /// Polls `branch` once and expects item `expected`.
@@ -35,20 +35,6 @@ where
     S: Stream<Item = u64> + Unpin,
 {
     assert_eq!(poll_once(branch), Poll::Ready(Some(expected)));
-}
-
-/// Everything `stream` yields until `None`, polling it alone: it must never
-/// wait (every upstream here is always ready, so a `Pending` means it waits
-/// for another branch), which fails the test instead of hanging it.
-fn drain<St: Stream + Unpin>(stream: &mut St) -> Vec<St::Item> {
-    let mut items = Vec::new();
-    loop {
-        match poll_once(stream) {
-            Poll::Ready(Some(item)) => items.push(item),
-            Poll::Ready(None) => return items,
-            Poll::Pending => panic!("waited after {} items", items.len()),
-        }
-    }
 }
 
 /// Checks what a lossy branch yielded from position `start` of an upstream
@@ -123,7 +109,7 @@ fn a_lossy_branch_never_makes_a_backpressure_branch_wait() {
             for tap in &mut taps {
                 let mut want = vec![Err(Lagged(missed))];
                 want.extend((missed..LEN).map(Ok));
-                assert_eq!(drain(tap), want, "cap {cap}");
+                assert_eq!(drain_ready(tap), want, "cap {cap}");
                 assert_eq!(entry(&tap.stats(), tap.id()).delivered, cap as u64 - 1);
             }
         }
@@ -156,7 +142,7 @@ fn a_lossy_branch_at_the_oldest_position_gives_it_up_even_if_the_upstream_then_w
     read(&mut main, 2);
     drop(tx);
     assert_eq!(poll_once(&mut main), Poll::Ready(None));
-    assert_eq!(drain(&mut tap), [Ok(2)]);
+    assert_eq!(drain_ready(&mut tap), [Ok(2)]);
     assert_eq!(entry(&tap.stats(), tap.id()).missed, 1);
 }
 
@@ -304,11 +290,11 @@ fn gaps_match_the_lagged_reports_exactly() {
     expect(&mut tap, Err(Lagged(1)));
     expect(&mut tap, Ok(11));
 
-    let rest: Vec<u64> = drain(&mut main);
+    let rest: Vec<u64> = drain_ready(&mut main);
     assert_eq!(rest, (14..20).collect::<Vec<_>>());
     // The tap, at 12, gave up 12 to 16 for `main` to read 15 to 19, and 17
     // for `main` to see the end.
-    let tail = drain(&mut tap);
+    let tail = drain_ready(&mut tap);
     assert_eq!(tail, [Err(Lagged(6)), Ok(18), Ok(19)]);
     let stats = tap.stats();
     let tap_stats = entry(&stats, tap.id());
@@ -397,10 +383,10 @@ fn a_fork_of_a_lossy_branch_is_lossy_and_reports_its_own_gaps() {
     drop(tap);
     let ids: Vec<_> = main.stats().branches.iter().map(|b| b.id).collect();
     assert_eq!(ids, [0, 2, 3]);
-    let rest: Vec<u64> = drain(&mut main);
+    let rest: Vec<u64> = drain_ready(&mut main);
     assert_eq!(rest, (6..20).collect::<Vec<_>>());
-    let fork_rest = drain(&mut fork);
-    let late_rest = drain(&mut late);
+    let fork_rest = drain_ready(&mut fork);
+    let late_rest = drain_ready(&mut late);
     // Both forks were at 5 after reading 4; each reports its own gap.
     assert_eq!(check_gaps(&fork_rest, 5, 20), 14);
     assert_eq!(check_gaps(&late_rest, 5, 20), 14);
@@ -446,7 +432,7 @@ fn dropping_a_lossy_branch_with_a_report_pending_frees_its_items() {
     assert_eq!(stats.buffered, 0);
     assert_eq!(stats.branches.len(), 1);
     assert_eq!(tracker.live(), 0);
-    assert_eq!(drain(&mut main).len(), 5);
+    assert_eq!(drain_ready(&mut main).len(), 5);
     drop(main);
     assert_eq!(tracker.live(), 0);
 }
@@ -493,7 +479,7 @@ fn when_every_branch_is_lossy_the_buffer_is_a_ring_and_the_upstream_follows_the_
             for tap in &mut taps[1..] {
                 let mut want = vec![Err(Lagged(missed))];
                 want.extend((missed..LEN).map(Ok));
-                assert_eq!(drain(tap), want, "cap {cap} n {n}");
+                assert_eq!(drain_ready(tap), want, "cap {cap} n {n}");
             }
             assert_eq!(entry(&taps[0].stats(), taps[0].id()).missed, 0);
         }
@@ -906,7 +892,7 @@ fn a_lossy_branch_is_terminated_after_none_and_stays_so() {
     let [mut main, tap]: [_; 2] = branches.try_into().unwrap();
     let mut tap = tap.into_lossy();
     assert!(!tap.is_terminated());
-    assert_eq!(drain(&mut main).len(), 5);
+    assert_eq!(drain_ready(&mut main).len(), 5);
     drop(main);
     assert!(
         !tap.is_terminated(),
@@ -940,7 +926,7 @@ fn size_hint_counts_a_pending_report_and_bounds_the_rest() {
     assert_eq!(tap.size_hint(), (1, Some(8)));
     // Alone, it misses nothing more: exactly the 8 items.
     drop(main);
-    let rest = drain(&mut tap);
+    let rest = drain_ready(&mut tap);
     assert_eq!(rest, (2..10).map(Ok).collect::<Vec<_>>());
     assert_eq!(tap.size_hint(), (0, Some(0)));
 }

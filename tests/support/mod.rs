@@ -188,6 +188,20 @@ pub fn poll_once<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
     stream.poll_next_unpin(&mut Context::from_waker(noop_waker_ref()))
 }
 
+/// Everything `stream` yields until `None`, polling it alone: it must never
+/// wait (for an upstream that is always ready, a `Pending` means it waits
+/// for another branch), which fails the test instead of hanging it.
+pub fn drain_ready<S: Stream + Unpin>(stream: &mut S) -> Vec<S::Item> {
+    let mut items = Vec::new();
+    loop {
+        match poll_once(stream) {
+            Poll::Ready(Some(item)) => items.push(item),
+            Poll::Ready(None) => return items,
+            Poll::Pending => panic!("waited after {} items", items.len()),
+        }
+    }
+}
+
 /// Runs every branch to its end, concurrently on this thread, and returns
 /// what each one yielded, in the order of `branches`.
 pub fn collect_all<S: Stream>(branches: impl IntoIterator<Item = S>) -> Vec<Vec<S::Item>> {

@@ -8,6 +8,10 @@
 //!   yield), where it started, whether it is lossy, whether it has ended and
 //!   whether its latest poll returned `Pending`;
 //! - what the upstream has yielded, and whether it has ended;
+//! - how many of the latest items the fanout keeps for replay
+//!   ([`Model::with_replay`]), and where a branch that subscribes starts
+//!   ([`Model::subscribe`]): at `max(head, pulled - replay)`, `head` being
+//!   the oldest item still buffered, as a snapshot taken just before says;
 //!
 //! and checks, whenever the test tells it something, the promises:
 //! - each branch yields every item in order; a lossy one in order with the
@@ -32,7 +36,20 @@
 //!   upstream is polled again (it is polled only with free room); without
 //!   forks, the bound is strict;
 //! - at most one clone per reader but the last, per item, a fork made while
-//!   the item is alive counting as one more reader ([`Model::check_clones`]);
+//!   the item is alive, or a branch that subscribes at or before it,
+//!   counting as one more reader; with replay, one per reader, since the
+//!   last reader of an item in the replay window clones it too
+//!   ([`Model::check_clones`]);
+//! - with subscribers but no branch, nothing is polled, and nothing is held
+//!   but the items kept for replay ([`Model::observe_upstream`],
+//!   [`Model::check_live`]);
+//! - the items kept for replay: at most `replay`, all of the buffer once
+//!   every branch has yielded everything, and exactly the items before
+//!   every branch in an exact snapshot with nothing read ahead
+//!   ([`Model::check_stats`], [`Model::check_synced`]); the latest `replay`
+//!   items pulled all held, but for those a poll at the end of the buffer
+//!   evicted ([`Model::check_stats_outside`]); they never make a branch
+//!   wait for room ([`Model::check_waits_for_room`]);
 //! - `stats()`: `buffered + read_ahead <= cap` (but for the same exception),
 //!   the counters consistent with the positions, exact for the branch that
 //!   takes the snapshot, and `slowest()` a lossless branch whenever there is
@@ -50,8 +67,9 @@
 //! `p` ([`Value`]).
 //!
 //! The model indexes branches like the test's list of [`Handle`]s: keep the
-//! two in step ([`Model::fork`] appends, [`Model::remove`] removes at an
-//! index, like `Vec::push` and `Vec::remove`).
+//! two in step ([`Model::fork`] and [`Model::subscribe`] append,
+//! [`Model::remove`] removes at an index, like `Vec::push` and
+//! `Vec::remove`).
 
 use std::cell::Cell;
 use std::pin::Pin;
@@ -99,8 +117,9 @@ pub struct ModelBranch {
     /// branch; for a lossy one, exact unless it has given up items it has
     /// not reported yet.
     pub next: u64,
-    /// Where its entry in the snapshots starts: 0, or where it was forked
-    /// (past the clones of read-ahead a fork gets, see [`Model::fork`]).
+    /// Where its entry in the snapshots starts: 0, where it subscribed, or
+    /// where it was forked (past the clones of read-ahead a fork gets, see
+    /// [`Model::fork`]).
     pub start: u64,
     /// Items it has yielded since it was created.
     pub received: u64,
@@ -142,6 +161,15 @@ impl ModelBranch {
 #[derive(Debug, Clone)]
 pub struct Model {
     cap: usize,
+    /// How many of the latest items pulled the fanout keeps for replay.
+    replay: usize,
+    /// The oldest item held, as the latest snapshot from outside the
+    /// branches said ([`check_stats_outside`](Self::check_stats_outside)).
+    head: u64,
+    /// A poll since that snapshot may have evicted items kept for replay:
+    /// it was at the end of the buffer, and pulled, or returned `Pending`
+    /// or `None`.
+    may_have_evicted: bool,
     /// Items the upstream has yielded.
     pulled: u64,
     upstream_ended: bool,
@@ -176,6 +204,9 @@ impl Model {
     pub fn new(n: usize, cap: usize) -> Self {
         Self {
             cap,
+            replay: 0,
+            head: 0,
+            may_have_evicted: false,
             pulled: 0,
             upstream_ended: false,
             next_id: n,
@@ -187,6 +218,14 @@ impl Model {
             most_excess: 0,
             high_water: Cell::new(0),
         }
+    }
+
+    /// The same, for a fanout that keeps the latest `replay` items pulled
+    /// (`share_replay(cap, replay)`, with `n` branches subscribed before
+    /// anything was pulled).
+    pub fn with_replay(self, replay: usize) -> Self {
+        assert!(replay <= self.cap);
+        Self { replay, ..self }
     }
 
     pub fn cap(&self) -> usize {
@@ -247,11 +286,22 @@ impl Model {
             !self.upstream_ended || (ended && yielded == self.pulled),
             "the upstream was polled after its end (yielded {yielded}, ended {ended})"
         );
-        // Every branch alive now needs each new item; the last reader moves it.
+        ensure!(
+            self,
+            !self.branches.is_empty() || (yielded, ended) == (self.pulled, self.upstream_ended),
+            "the upstream was polled with no branch alive (yielded {yielded}, ended {ended})"
+        );
+        // Every branch alive now needs each new item; the last reader moves
+        // it, unless it is in the replay window then.
         let readers = self.branches.len();
-        self.clone_budget
-            .resize(yielded as usize, readers.saturating_sub(1));
+        let clones = if self.replay > 0 {
+            readers
+        } else {
+            readers.saturating_sub(1)
+        };
+        self.clone_budget.resize(yielded as usize, clones);
         if yielded > self.pulled {
+            self.may_have_evicted = true;
             // The upstream is polled only with free room: what forks copied
             // is within the capacity now.
             for branch in &mut self.branches {
@@ -336,6 +386,7 @@ impl Model {
             }
         }
         self.branches[i].pending = polled == Polled::Pending;
+        self.may_have_evicted |= matches!(polled, Polled::Pending | Polled::End);
         Ok(())
     }
 
@@ -406,6 +457,46 @@ impl Model {
         Ok(self.branches.len() - 1)
     }
 
+    /// Records a branch subscribed through a `Subscriber`, appended: `id` is
+    /// its id, `before` a snapshot taken just before the subscribe (from the
+    /// subscriber: it changes nothing), and `after` the new branch's own,
+    /// just after. It starts at `max(head, pulled - replay)`: the live edge,
+    /// or the oldest item still kept for replay, which it yields first.
+    /// Returns its index.
+    pub fn subscribe(&mut self, id: usize, before: &Stats, after: &Stats) -> Result<usize, String> {
+        ensure!(
+            self,
+            id == self.next_id,
+            "a subscribed branch got id {id}, expected {}",
+            self.next_id
+        );
+        ensure!(
+            self,
+            before.pulled == self.pulled && after.pulled == self.pulled,
+            "subscribing pulled: {} before, {} after, the upstream yielded {}",
+            before.pulled,
+            after.pulled,
+            self.pulled
+        );
+        let head = self.pulled - before.buffered as u64;
+        let start = head.max(self.pulled.saturating_sub(self.replay as u64));
+        let entry = entry(after, id);
+        ensure!(
+            self,
+            !entry.lossy
+                && (entry.delivered, entry.missed) == (0, 0)
+                && entry.lag as u64 == self.pulled - start,
+            "branch {id} subscribed as {entry:?}: it starts at {start} (head {head}, replay {})",
+            self.replay
+        );
+        self.next_id += 1;
+        // One more branch needs the items from where it starts.
+        self.add_clone_budget(start, 1);
+        self.branches
+            .push(ModelBranch::new(id, start, false, false));
+        Ok(self.branches.len() - 1)
+    }
+
     /// How far the items alive may pass the capacity now: the clones of
     /// read-ahead that forks got and have not yielded yet, none once the
     /// upstream has been polled since (it is polled only with free room).
@@ -463,7 +554,8 @@ impl Model {
     /// of which `held` by the test and `in_upstream` not yielded by the
     /// upstream yet. At most `cap` are inside the crate (plus the forks'
     /// clones of read-ahead not yielded yet, [`excess`](Self::excess)), and
-    /// at least those a lossless branch has still to yield.
+    /// at least those a lossless branch has still to yield; with no branch,
+    /// at most those kept for replay.
     pub fn check_live(&self, live: usize, held: usize, in_upstream: usize) -> Checked {
         let excess = self.excess();
         ensure!(
@@ -473,6 +565,12 @@ impl Model {
             self.cap
         );
         let inside = live - held - in_upstream;
+        ensure!(
+            self,
+            !self.branches.is_empty() || inside <= self.replay,
+            "{inside} items alive inside the crate with no branch: more than the replay of {}",
+            self.replay
+        );
         let needed = self
             .slowest_lossless()
             .map_or(0, |slowest| self.pulled - slowest);
@@ -486,15 +584,19 @@ impl Model {
 
     /// The clone counts, `clones_of(value)` for each item: at most one per
     /// branch that needs the item but the last (a fork made while the item is
-    /// alive counts as one more such branch). An item's count is checked once
-    /// no live branch needs it any more, and then no longer changes.
+    /// alive, or a branch that subscribes at or before it, counts as one more
+    /// such branch; with replay, the last one clones too). An item's count is
+    /// checked once no live branch needs it any more and it is out of the
+    /// replay window (no branch that subscribes later can need it), and then
+    /// no longer changes.
     pub fn check_clones(&mut self, clones_of: impl Fn(u64) -> usize) -> Checked {
         let floor = self
             .branches
             .iter()
             .map(|branch| branch.next)
             .min()
-            .unwrap_or(self.pulled);
+            .unwrap_or(self.pulled)
+            .min(self.pulled.saturating_sub(self.replay as u64));
         for value in self.clones_checked..self.pulled {
             let clones = clones_of(value);
             let budget = self.clone_budget[value as usize];
@@ -510,8 +612,37 @@ impl Model {
 
     /// Checks a snapshot taken by branch `taker`: the bound, the counters
     /// against the positions (exact for the taker, whose read-ahead is
-    /// counted as of now), the ids, and `slowest()`.
+    /// counted as of now), the ids, `slowest()`, and the items kept for
+    /// replay: at most `replay`, and all of the buffer once every branch has
+    /// yielded everything.
     pub fn check_stats(&self, taker: usize, stats: &Stats) -> Checked {
+        self.check_snapshot(Some(taker), stats)
+    }
+
+    /// Checks a snapshot taken from a subscriber, outside every branch: as
+    /// [`check_stats`](Self::check_stats), exact for no branch; and that
+    /// the items kept for replay are given up only when room is needed:
+    /// since the previous such snapshot, the oldest item held moved into the
+    /// window of the latest `replay` items pulled only if a poll at the end
+    /// of the buffer may have evicted some (it pulled, or returned `Pending`
+    /// or `None`). So the latest `replay` items pulled are all held, but for
+    /// those evictions.
+    pub fn check_stats_outside(&mut self, stats: &Stats) -> Checked {
+        self.check_snapshot(None, stats)?;
+        let head = stats.pulled - stats.buffered as u64;
+        let window = self.pulled.saturating_sub(self.replay as u64);
+        ensure!(
+            self,
+            self.may_have_evicted || head <= self.head.max(window),
+            "items kept for replay were dropped with no need for room: the oldest item held went from {} to {head}, the replay window starts at {window}",
+            self.head
+        );
+        self.head = head;
+        self.may_have_evicted = false;
+        Ok(())
+    }
+
+    fn check_snapshot(&self, taker: Option<usize>, stats: &Stats) -> Checked {
         let cap = self.cap;
         ensure!(
             self,
@@ -536,6 +667,25 @@ impl Model {
             stats.buffered,
             stats.read_ahead,
             self.most_excess
+        );
+        ensure!(
+            self,
+            stats.kept_for_replay <= self.replay.min(stats.buffered),
+            "stats: {} kept for replay, of {} buffered, with a replay of {}",
+            stats.kept_for_replay,
+            stats.buffered,
+            self.replay
+        );
+        let all_yielded = self
+            .branches
+            .iter()
+            .all(|branch| branch.ended || branch.next == self.pulled);
+        ensure!(
+            self,
+            !all_yielded || stats.kept_for_replay == stats.buffered,
+            "stats: every branch has yielded everything, but only {} of the {} buffered are kept for replay",
+            stats.kept_for_replay,
+            stats.buffered
         );
         ensure!(
             self,
@@ -594,7 +744,7 @@ impl Model {
             if !branch.lossy {
                 ensure!(self, entry.missed == 0, "stats: lossless {id} missed items");
             }
-            if i == taker {
+            if Some(i) == taker {
                 ensure!(
                     self,
                     entry.delivered == branch.received,
@@ -656,8 +806,9 @@ impl Model {
     /// with `inside` items alive inside the crate: all of
     /// [`check_stats`](Self::check_stats), and exact for every branch (its
     /// position is the next item it yields plus the gap it has yet to report,
-    /// it has delivered what it yielded), and every item inside the crate
-    /// counted once, buffered or read ahead.
+    /// it has delivered what it yielded), every item inside the crate
+    /// counted once, buffered or read ahead, and, with nothing read ahead,
+    /// the items kept for replay exactly those before every branch.
     pub fn check_synced(&self, stats: &Stats, inside: usize) -> Checked {
         let last = self.branches.len().checked_sub(1).expect("a branch");
         self.check_stats(last, stats)?;
@@ -679,6 +830,17 @@ impl Model {
                 "synced stats: branch {id} delivered {}, it yielded {}",
                 entry.delivered,
                 branch.received
+            );
+        }
+        if stats.read_ahead == 0 {
+            // Every branch's lag is what it has still to take from the buffer.
+            let most_lag = stats.branches.iter().map(|entry| entry.lag).max();
+            let passed_by_all = stats.buffered.checked_sub(most_lag.unwrap_or(0));
+            ensure!(
+                self,
+                passed_by_all == Some(stats.kept_for_replay),
+                "synced stats: {} kept for replay, but {passed_by_all:?} buffered items are before every branch",
+                stats.kept_for_replay
             );
         }
         ensure!(
@@ -705,7 +867,8 @@ impl Model {
     /// return: the `Lagged(k)` of exactly the items given up and not reported
     /// yet, else the next item held for it, else the end; none of those
     /// pulls or gives anything up. At the end of the buffer, a batch fits in
-    /// the free room (plus the item given up for it, then at most one). Only
+    /// the free room (plus the item given up for it, then at most one, and
+    /// the items kept for replay, which it may evict). Only
     /// and every lossy branch at the oldest position gives an item up, one
     /// each (more only to bring back within `cap` what forks took past it),
     /// and no lossless branch is left behind by it. A branch waits or gives
@@ -793,7 +956,8 @@ impl Model {
         }
         // At the end of the buffer: it pulls and yields its next item, or
         // learns of the end, or waits.
-        let free = (cap + usize::from(evicted)).saturating_sub(before.buffered + before.read_ahead);
+        let free = (cap + usize::from(evicted) + before.kept_for_replay)
+            .saturating_sub(before.buffered + before.read_ahead);
         ensure!(
             self,
             pulled as usize <= free,
@@ -844,6 +1008,31 @@ impl Model {
                 "poll of branch {id}: {polled:?}, a lossless branch at the oldest item: {blocked}"
             );
         }
+        Ok(())
+    }
+
+    /// Checks that branch `i` has a reason to wait for room: its latest poll
+    /// returned `Pending` while the upstream had an item ready, and it has
+    /// not been woken since. In `stats`, a snapshot taken now that changes
+    /// nothing (from a subscriber), nothing may be kept for replay (a kept
+    /// item is evicted when room is needed, never waited for), and another
+    /// branch must hold something it has not yielded.
+    pub fn check_waits_for_room(&self, i: usize, stats: &Stats) -> Checked {
+        let id = self.branches[i].id;
+        ensure!(
+            self,
+            stats.kept_for_replay == 0,
+            "branch {id} waits for room while {} items are kept only for replay: {stats:?}",
+            stats.kept_for_replay
+        );
+        ensure!(
+            self,
+            stats
+                .branches
+                .iter()
+                .any(|entry| entry.id != id && entry.lag > 0),
+            "branch {id} waits for room, but no other branch holds anything: {stats:?}"
+        );
         Ok(())
     }
 
