@@ -403,3 +403,85 @@ fn a_cancelled_next_loses_nothing_while_another_thread_reads() {
         assert_eq!(other.join().unwrap(), [0, 1, 2]);
     });
 }
+
+// Branches that join later.
+
+/// The position a branch that has read nothing starts at, from its own
+/// snapshot: what it has still to yield, counted back from what was pulled.
+fn start_of<S>(branch: &Branch<S>) -> u32
+where
+    S: Stream<Item = Item>,
+{
+    let stats = branch.stats();
+    let entry = stats
+        .branches
+        .iter()
+        .find(|entry| entry.id == branch.id())
+        .expect("its own entry");
+    assert_eq!(entry.delivered, 0);
+    (stats.pulled - entry.lag as u64) as u32
+}
+
+/// A branch subscribes on this thread while the only other branch, on
+/// another one, pulls batches from the upstream (the capacity leaves room
+/// for batches of several items) and reads on: the new branch starts at
+/// the live edge of its subscribe, a batch in flight counting as after it,
+/// or up to `replay` items before it, and yields every item from there, in
+/// order; the other one yields everything.
+fn subscribe_while_another_branch_pulls(replay: usize) {
+    model(move || {
+        let count = 3;
+        let subscriber = ready_items(count).share_replay(READ_AHEAD_CAP, replay);
+        let first = spawn_reader(subscriber.subscribe());
+        let before = subscriber.stats().pulled as u32;
+        let late = subscriber.subscribe();
+        let start = start_of(&late);
+        let earliest = before.saturating_sub(replay as u32);
+        assert!(start >= earliest, "it starts at {start}, before {earliest}");
+        assert_eq!(read_all(late), (start..count).collect::<Vec<_>>());
+        assert_eq!(first.join().unwrap(), (0..count).collect::<Vec<_>>());
+    });
+}
+
+#[test]
+fn subscribing_while_another_branch_pulls_a_batch() {
+    subscribe_while_another_branch_pulls(0);
+}
+
+#[test]
+fn subscribing_with_replay_while_another_branch_pulls_a_batch() {
+    subscribe_while_another_branch_pulls(1);
+}
+
+/// The last branch reads `reads` of the 3 items (all of them: to its end)
+/// and is dropped on another thread while this one subscribes through a
+/// subscriber that keeps 1 item for replay: whichever comes first, the new
+/// branch yields the items from where it started (the kept one, then the
+/// live ones) and then the end; no poll hangs, and once everything is
+/// dropped no item is left (loom's `Arc`s would leak).
+fn drop_the_last_branch_while_subscribing(reads: usize) {
+    model(move || {
+        let count = 3;
+        let subscriber = ready_items(count).share_replay(READ_AHEAD_CAP, 1);
+        let mut last = subscriber.subscribe();
+        let last = thread::spawn(move || read_some(&mut last, reads));
+        let late = subscriber.subscribe();
+        let start = start_of(&late);
+        assert_eq!(read_all(late), (start..count).collect::<Vec<_>>());
+        let read = last.join().unwrap();
+        assert_eq!(read, (0..reads as u32).collect::<Vec<_>>());
+        assert_eq!(subscriber.branches(), 0);
+        let stats = subscriber.stats();
+        assert_eq!((stats.buffered, stats.kept_for_replay), (1, 1));
+    });
+}
+
+#[test]
+fn the_last_branch_dropped_at_its_end_while_a_subscriber_on_another_thread_subscribes() {
+    drop_the_last_branch_while_subscribing(3);
+}
+
+#[test]
+fn the_last_branch_dropped_midway_while_a_subscriber_on_another_thread_subscribes() {
+    drop_the_last_branch_while_subscribing(1);
+}
