@@ -87,8 +87,8 @@
 //! - **Cloning and dropping items.** An item is cloned while the fanout's
 //!   internal lock is held, so its `Clone` must not touch a branch of the
 //!   same fanout at all (no poll, clone, drop, [`lag`](Branch::lag),
-//!   [`stats`](Branch::stats), `size_hint` or `Debug`: each takes that lock
-//!   and would deadlock), and should be cheap: wrap costly items in an
+//!   [`stats`](Branch::stats), `size_hint` or `Debug`, and no method of its
+//!   [`Subscriber`]s: each takes that lock and would deadlock), and should be cheap: wrap costly items in an
 //!   `Arc`. A `Clone` that panics propagates to the branch whose poll (or
 //!   fork) made the clone, and leaves the fanout consistent: no item is lost
 //!   or repeated, and what the poll took before the panic is kept. Items are
@@ -283,13 +283,14 @@
 //! - **loom models** (`tests/loom.rs`) explore every interleaving, up to two
 //!   preemptions, of two and three threads reading, waiting for room,
 //!   dropping and cloning branches while the upstream yields, waits and ends,
-//!   and dropping, forking and cancelling branches that hold read-ahead.
+//!   dropping, forking and cancelling branches that hold read-ahead, and
+//!   subscribing while another branch pulls or the last one is dropped.
 //!   Items are loom `Arc`s, so a leak fails the model as a lost wake-up
 //!   does. Run them with
 //!   `RUSTFLAGS="--cfg fanout_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom`.
 //! - **A model-based property test** (`tests/model.rs`, proptest) runs random
-//!   programs of polls, drops, clones and upstream events against a
-//!   reference model (`tests/support/`) and checks, after every step, the
+//!   programs of polls, drops, clones, subscribes and upstream events, with
+//!   and without replay, against a reference model (`tests/support/`) and checks, after every step, the
 //!   items, the memory bound with read-ahead, the upstream's pulls, the live
 //!   items and clones, and that every branch that can make progress was
 //!   woken.

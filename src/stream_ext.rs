@@ -280,6 +280,10 @@ pub trait StreamExt: Stream {
     /// the oldest kept item that no branch has still to read is dropped
     /// first. Items in the replay window are cloned for every branch that
     /// reads them, the last one too, since the fanout keeps the original.
+    /// A branch needs a free slot to poll the upstream, so with
+    /// `replay == cap` a poll drops the oldest kept item even if the upstream
+    /// turns out to have nothing new: choose `replay` below `cap` to keep
+    /// exactly `replay`.
     ///
     /// # Panics
     ///
