@@ -298,6 +298,11 @@
 //!   on one OS thread per branch, with random yields and drops; a randomized
 //!   scheduler that polls only woken branches (`tests/schedule.rs`); and
 //!   tests of re-entrant wakers and of panicking upstreams and items.
+//! - **Miri** runs six of the test files that need no async runtime (the
+//!   API, backpressure, clone panic, drop and clone, re-entrancy and wake-up
+//!   tests, less two long random schedules), so that a leak or undefined
+//!   behaviour fails them; and the library is built with its declared
+//!   `rust-version`.
 //!
 //! # Compared with
 //!
