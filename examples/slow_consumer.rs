@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fanout::StreamExt as _;
-use futures::stream::{self, BoxStream, Stream, StreamExt};
+use futures::future;
+use futures::stream::{self, Stream, StreamExt};
 use indicatif::{BinaryBytes, HumanCount, MultiProgress, ProgressBar, ProgressStyle};
 use peak_alloc::PeakAlloc;
 use tokio::sync::mpsc::unbounded_channel;
@@ -30,12 +31,6 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 #[global_allocator]
 static HEAP: PeakAlloc = PeakAlloc;
-
-/// Rounds of hashing per event: the fast consumer's and the slow consumer's.
-const FAST_ROUNDS: u32 = 1;
-const SLOW_ROUNDS: u32 = 150;
-/// How often the bars and the CSV are sampled.
-const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 
 /// One upstream event: small and `Copy`, so a copy for each consumer is cheap.
 #[derive(Clone, Copy, Debug)]
@@ -45,9 +40,6 @@ struct Event {
     user_id: u32,
 }
 
-/// A stream of events, as each consumer reads it.
-type Events = BoxStream<'static, Event>;
-
 fn upstream(events: u64) -> impl Stream<Item = Event> {
     stream::iter(0..events).map(|id| Event {
         id,
@@ -56,9 +48,9 @@ fn upstream(events: u64) -> impl Stream<Item = Event> {
     })
 }
 
-/// Reads all `expected` events in order, hashing each `rounds` times; returns
-/// the stream (alive, so the statistics still list its branch) and when done.
-async fn consume(mut events: Events, rounds: u32, expected: u64) -> (Events, Instant) {
+/// Reads all `expected` events in order, hashing each `rounds` times; returns when done.
+async fn consume(events: impl Stream<Item = Event>, rounds: u32, expected: u64) -> Instant {
+    let mut events = std::pin::pin!(events);
     let mut read = 0;
     while let Some(event) = events.next().await {
         assert_eq!(event.id, read, "an event missing or out of order");
@@ -74,7 +66,7 @@ async fn consume(mut events: Events, rounds: u32, expected: u64) -> (Events, Ins
         tokio::task::coop::consume_budget().await;
     }
     assert_eq!(read, expected, "events missing at the end");
-    (events, Instant::now())
+    Instant::now()
 }
 
 /// What a scenario measured: the time until both consumers were done, the
@@ -83,13 +75,13 @@ type Outcome = (Duration, u64, u64);
 
 /// Runs both consumers to the end, sampling the heap and `probe` (events read by
 /// each, held now, held at most) for the bars and the CSV.
-async fn run(
+async fn run<S: Stream<Item = Event>>(
     name: &str,
     (events, buffer_len): (u64, u64),
-    (fast, slow): (Events, Events),
+    (fast, slow): (S, S),
     probe: impl Fn() -> [u64; 4],
     csv: &mut dyn Write,
-) -> ((Events, Events), Outcome) {
+) -> Outcome {
     println!("{name}:");
     let (multi, started) = (MultiProgress::new(), Instant::now());
     let counts = "{prefix:>9} [{bar:40}] {human_pos}/{human_len}";
@@ -104,10 +96,11 @@ async fn run(
         multi.add(ProgressBar::new(len).with_style(style).with_prefix(prefix))
     });
     HEAP.reset_peak_usage();
-    let fast = tokio::spawn(consume(fast, FAST_ROUNDS, events));
-    let slow = tokio::spawn(consume(slow, SLOW_ROUNDS, events));
-    let peak_held = loop {
-        let done = fast.is_finished() && slow.is_finished();
+    // The slow consumer hashes each event 150 times, the fast one once.
+    let consumers = future::join(consume(fast, 1, events), consume(slow, 150, events));
+    let mut consumers = std::pin::pin!(consumers);
+    loop {
+        let finished = tokio::time::timeout(Duration::from_millis(20), &mut consumers).await;
         let ([fast_read, slow_read, held, peak_held], heap) = (probe(), HEAP.current_usage());
         // A bar draws itself only now and then: draw each, so that all show this sample.
         for (bar, position) in bars.iter().zip([fast_read, slow_read, held, heap as u64]) {
@@ -116,37 +109,28 @@ async fn run(
         }
         let seconds = started.elapsed().as_secs_f64();
         writeln!(csv, "{name},{seconds:.3},{heap},{held}").expect("writing the CSV");
-        if done {
-            break peak_held;
+        if let Ok((fast_done, slow_done)) = finished {
+            bars.iter().for_each(ProgressBar::abandon);
+            let elapsed = fast_done.max(slow_done) - started;
+            return (elapsed, peak_held, HEAP.peak_usage() as u64);
         }
-        tokio::time::sleep(SAMPLE_EVERY).await;
-    };
-    bars.iter().for_each(ProgressBar::abandon);
-    let (fast, fast_done) = fast.await.expect("the fast consumer");
-    let (slow, slow_done) = slow.await.expect("the slow consumer");
-    let elapsed = fast_done.max(slow_done) - started;
-    ((fast, slow), (elapsed, peak_held, HEAP.peak_usage() as u64))
+    }
 }
 
 /// Through `fanout`'s `tee(cap)`, read by a `Subscriber`; also says how long
 /// each branch held the upstream back.
 async fn through_fanout(events: u64, cap: usize, csv: &mut dyn Write) -> (Outcome, String) {
-    let (fast, slow) = upstream(events).tee(cap);
+    let (mut fast, mut slow) = upstream(events).tee(cap);
     let feed = fast.subscriber();
     // The statistics list the live branches by id: `fast` (0), then `slow` (1).
     let probe = || {
         let stats = feed.stats();
         let [fast, slow] = [0, 1].map(|i| stats.branches[i].delivered);
-        [
-            fast,
-            slow,
-            (stats.buffered + stats.read_ahead) as u64,
-            stats.high_water as u64,
-        ]
+        let held = stats.buffered + stats.read_ahead;
+        [fast, slow, held as u64, stats.high_water as u64]
     };
-    let streams = (fast.boxed(), slow.boxed());
-    // Kept alive to the end, so that the statistics still list them.
-    let (_branches, outcome) = run("fanout", (events, cap as u64), streams, probe, csv).await;
+    let streams = (&mut fast, &mut slow);
+    let outcome = run("fanout", (events, cap as u64), streams, probe, csv).await;
     let stats = feed.stats();
     let [fast, slow] = [0, 1].map(|i| stats.branches[i].stalled_upstream.as_secs_f64());
     (outcome, format!("fast {fast:.2} s, slow {slow:.2} s"))
@@ -174,13 +158,12 @@ async fn through_naive_tee(events: u64, csv: &mut dyn Write) -> Outcome {
         let counts = Arc::clone(&counts);
         UnboundedReceiverStream::new(rx).inspect(move |_| _ = counts[index].fetch_add(1, Relaxed))
     };
-    let streams = (counted(fast_rx, 1).boxed(), counted(slow_rx, 2).boxed());
+    let streams = (counted(fast_rx, 1), counted(slow_rx, 2));
     let probe = || {
         let [pushed, fast, slow, peak] = [0, 1, 2, 3].map(|index| counts[index].load(Relaxed));
         [fast, slow, pushed.saturating_sub(slow), peak]
     };
-    let (_, outcome) = run("naive tee", (events, events), streams, probe, csv).await;
-    outcome
+    run("naive tee", (events, events), streams, probe, csv).await
 }
 
 #[tokio::main]
