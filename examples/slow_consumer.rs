@@ -22,12 +22,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fanout::StreamExt as _;
-use futures::future;
 use futures::stream::{self, Stream, StreamExt};
 use indicatif::{BinaryBytes, HumanCount, MultiProgress, ProgressBar, ProgressStyle};
 use peak_alloc::PeakAlloc;
 use tokio::sync::mpsc::unbounded_channel;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+
+const USAGE: &str = "usage: slow_consumer [--events N] [--cap N] [--short] [--csv PATH]";
 
 #[global_allocator]
 static HEAP: PeakAlloc = PeakAlloc;
@@ -69,8 +70,7 @@ async fn consume(events: impl Stream<Item = Event>, rounds: u32, expected: u64) 
     Instant::now()
 }
 
-/// What a scenario measured: the time until both consumers were done, the
-/// most events held at once, and the peak of the heap in use.
+/// A scenario's time until both consumers were done, most events held, and peak heap.
 type Outcome = (Duration, u64, u64);
 
 /// Runs both consumers to the end, sampling the heap and `probe` (events read by
@@ -97,7 +97,7 @@ async fn run<S: Stream<Item = Event>>(
     });
     HEAP.reset_peak_usage();
     // The slow consumer hashes each event 150 times, the fast one once.
-    let consumers = future::join(consume(fast, 1, events), consume(slow, 150, events));
+    let consumers = futures::future::join(consume(fast, 1, events), consume(slow, 150, events));
     let mut consumers = std::pin::pin!(consumers);
     loop {
         let finished = tokio::time::timeout(Duration::from_millis(20), &mut consumers).await;
@@ -169,9 +169,7 @@ async fn through_naive_tee(events: u64, csv: &mut dyn Write) -> Outcome {
 #[tokio::main]
 async fn main() -> ExitCode {
     let (events, cap, csv_path) = parse_args().unwrap_or_else(|error| {
-        eprintln!(
-            "error: {error}\nusage: slow_consumer [--events N] [--cap N] [--short] [--csv PATH]"
-        );
+        eprintln!("error: {error}\n{USAGE}");
         std::process::exit(2)
     });
     let mut csv: Box<dyn Write> = match csv_path {
@@ -195,22 +193,19 @@ async fn main() -> ExitCode {
         println!("{name:10}{count:>12}{seconds:>8.2} s{rate:>8.2} M/s{buffered:>24}{heap:>12}");
     }
     println!("* the exact peak of the whole program's heap in use during the scenario");
-    println!(
-        "\nheld the upstream back in fanout: {held}\n  (the time the buffer was full with that \
-         branch at its oldest item, not all the time\n  the other one waited: each read frees a \
-         slot, and the buffer is full again only once the\n  woken task has run)"
-    );
+    println!("\nheld the upstream back in fanout: {held}");
+    println!("  (the time the buffer was full with that branch at its oldest item, not all the");
+    println!("  time the other one waited: each read frees a slot, and the buffer is full again");
+    println!("  only once the woken task has run)");
     let ((_, fanout_held, fanout_heap), (_, _, naive_heap)) = (fanout, naive);
-    let mut failed = false;
-    if fanout_held > cap as u64 {
+    let (over_cap, heap_too_big) = (fanout_held > cap as u64, fanout_heap * 10 >= naive_heap);
+    if over_cap {
         eprintln!("FAILED: fanout buffered more than its cap");
-        failed = true;
     }
-    if fanout_heap * 10 >= naive_heap {
+    if heap_too_big {
         eprintln!("FAILED: fanout's peak heap is not below a tenth of the naive tee's");
-        failed = true;
     }
-    ExitCode::from(u8::from(failed))
+    ExitCode::from(u8::from(over_cap || heap_too_big))
 }
 
 fn parse_args() -> Result<(u64, usize, Option<std::path::PathBuf>), lexopt::Error> {
