@@ -1,13 +1,11 @@
-//! A fast and a slow consumer of one stream of 10 million events: `fanout`'s
-//! bounded tee against a naive unbounded one, one after the other in one
-//! process. The slow consumer does CPU work per event (no sleeping). Through
-//! `tee(cap)`, the fast consumer waits once it is `cap` events ahead and the
-//! heap stays flat. Through the naive tee (a task that pushes a copy of each
-//! event into one unbounded channel per consumer), the fast one races ahead
-//! and the heap grows with the slow one's backlog. Progress bars show it live;
-//! `fanout`'s figures, on the bars and in the report alike, come from one
-//! [`fanout::Subscriber`]'s `stats()`, the heap's from a `peak_alloc` global
-//! allocator. The program checks its report and fails if a promise breaks.
+//! One stream of 10 million events to a fast and a slow consumer (CPU work per
+//! event, no sleeping), through `fanout`'s `tee(cap)`, then through a naive tee:
+//! a task pushing a copy of each event into one unbounded channel per consumer.
+//! With `fanout` the fast one waits once it is `cap` events ahead and the heap
+//! stays flat; with the naive tee it races ahead and the heap grows with the slow
+//! one's backlog. `fanout`'s figures, on the bars and in the report, come from one
+//! [`fanout::Subscriber`], the heap's from a `peak_alloc` global allocator. The
+//! program fails if a promise breaks.
 //!
 //! ```text
 //! cargo run --release --example slow_consumer -- [--events N] [--cap N] [--short] [--csv PATH]
@@ -23,22 +21,17 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fanout::{BranchStats, Stats, StreamExt as _};
-use futures::stream::{self, BoxStream, Stream, StreamExt};
+use fanout::StreamExt as _;
+use futures::stream::{self, Stream, StreamExt};
 use indicatif::{BinaryBytes, HumanCount, MultiProgress, ProgressBar, ProgressStyle};
 use peak_alloc::PeakAlloc;
 use tokio::sync::mpsc::unbounded_channel;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+const USAGE: &str = "usage: slow_consumer [--events N] [--cap N] [--short] [--csv PATH]";
+
 #[global_allocator]
 static HEAP: PeakAlloc = PeakAlloc;
-
-/// Rounds of hashing per event: the fast consumer's and the slow consumer's.
-const FAST_ROUNDS: u32 = 1;
-const SLOW_ROUNDS: u32 = 150;
-/// How often the bars and the CSV are sampled.
-const SAMPLE_EVERY: Duration = Duration::from_millis(20);
-const USAGE: &str = "usage: slow_consumer [--events N] [--cap N] [--short] [--csv PATH]";
 
 /// One upstream event: small and `Copy`, so a copy for each consumer is cheap.
 #[derive(Clone, Copy, Debug)]
@@ -48,9 +41,6 @@ struct Event {
     user_id: u32,
 }
 
-/// A stream of events, as each consumer reads it.
-type Events = BoxStream<'static, Event>;
-
 fn upstream(events: u64) -> impl Stream<Item = Event> {
     stream::iter(0..events).map(|id| Event {
         id,
@@ -59,10 +49,9 @@ fn upstream(events: u64) -> impl Stream<Item = Event> {
     })
 }
 
-/// Reads all `expected` events in order, doing `rounds` of the SplitMix64
-/// finaliser on each; returns the stream, still alive so that the final
-/// statistics still list its branch, and when it was done.
-async fn consume(mut events: Events, rounds: u32, expected: u64) -> (Events, Instant) {
+/// Reads all `expected` events in order, hashing each `rounds` times; returns when done.
+async fn consume(events: impl Stream<Item = Event>, rounds: u32, expected: u64) -> Instant {
+    let mut events = std::pin::pin!(events);
     let mut read = 0;
     while let Some(event) = events.next().await {
         assert_eq!(event.id, read, "an event missing or out of order");
@@ -78,24 +67,21 @@ async fn consume(mut events: Events, rounds: u32, expected: u64) -> (Events, Ins
         tokio::task::coop::consume_budget().await;
     }
     assert_eq!(read, expected, "events missing at the end");
-    (events, Instant::now())
+    Instant::now()
 }
 
-/// What a scenario measured: the time until both consumers were done, the
-/// most events held at once, and the peak of the heap in use.
+/// A scenario's time until both consumers were done, most events held, and peak heap.
 type Outcome = (Duration, u64, u64);
 
-/// Runs one scenario: the fast and the slow consumer to the end, while the
-/// bars and the CSV sample the heap and `probe`: the events read by each, the
-/// events held now (the buffer bar is `buffer_len` long) and the most so far.
-/// Returns the streams, still alive, and the outcome.
-async fn run(
+/// Runs both consumers to the end, sampling the heap and `probe` (events read by
+/// each, held now, held at most) for the bars and the CSV.
+async fn run<S: Stream<Item = Event>>(
     name: &str,
     (events, buffer_len): (u64, u64),
-    (fast, slow): (Events, Events),
+    (fast, slow): (S, S),
     probe: impl Fn() -> [u64; 4],
     csv: &mut dyn Write,
-) -> ((Events, Events), Outcome) {
+) -> Outcome {
     println!("{name}:");
     let (multi, started) = (MultiProgress::new(), Instant::now());
     let counts = "{prefix:>9} [{bar:40}] {human_pos}/{human_len}";
@@ -110,64 +96,53 @@ async fn run(
         multi.add(ProgressBar::new(len).with_style(style).with_prefix(prefix))
     });
     HEAP.reset_peak_usage();
-    let fast = tokio::spawn(consume(fast, FAST_ROUNDS, events));
-    let slow = tokio::spawn(consume(slow, SLOW_ROUNDS, events));
-    let peak_held = loop {
-        let done = fast.is_finished() && slow.is_finished();
+    // The slow consumer hashes each event 150 times, the fast one once.
+    let consumers = futures::future::join(consume(fast, 1, events), consume(slow, 150, events));
+    let mut consumers = std::pin::pin!(consumers);
+    loop {
+        let finished = tokio::time::timeout(Duration::from_millis(20), &mut consumers).await;
         let ([fast_read, slow_read, held, peak_held], heap) = (probe(), HEAP.current_usage());
+        // A bar draws itself only now and then: draw each, so that all show this sample.
         for (bar, position) in bars.iter().zip([fast_read, slow_read, held, heap as u64]) {
             bar.set_position(position);
+            bar.force_draw();
         }
-        // Each bar draws itself, rate-limited: redraw all so that they show one sample.
-        bars.iter().for_each(ProgressBar::force_draw);
         let seconds = started.elapsed().as_secs_f64();
         writeln!(csv, "{name},{seconds:.3},{heap},{held}").expect("writing the CSV");
-        if done {
-            break peak_held;
+        if let Ok((fast_done, slow_done)) = finished {
+            bars.iter().for_each(ProgressBar::abandon);
+            let elapsed = fast_done.max(slow_done) - started;
+            return (elapsed, peak_held, HEAP.peak_usage() as u64);
         }
-        tokio::time::sleep(SAMPLE_EVERY).await;
-    };
-    bars.iter().for_each(ProgressBar::abandon);
-    let (fast, fast_done) = fast.await.expect("the fast consumer");
-    let (slow, slow_done) = slow.await.expect("the slow consumer");
-    let elapsed = fast_done.max(slow_done) - started;
-    ((fast, slow), (elapsed, peak_held, HEAP.peak_usage() as u64))
+    }
 }
 
-/// A branch's entry in a snapshot of the fanout's statistics.
-fn branch(stats: &Stats, id: usize) -> &BranchStats {
-    let found = stats.branches.iter().find(|branch| branch.id == id);
-    found.expect("a live branch")
-}
-
-/// Through `fanout`: `tee(cap)`, its statistics from a `Subscriber`. Also
-/// returns how long each branch held the upstream back.
+/// Through `fanout`'s `tee(cap)`, read by a `Subscriber`; also says how long
+/// each branch held the upstream back.
 async fn through_fanout(events: u64, cap: usize, csv: &mut dyn Write) -> (Outcome, String) {
-    let (fast, slow) = upstream(events).tee(cap);
-    let (ids, feed) = ([fast.id(), slow.id()], fast.subscriber());
+    let (mut fast, mut slow) = upstream(events).tee(cap);
+    let feed = fast.subscriber();
+    // The statistics list the live branches by id: `fast` (0), then `slow` (1).
     let probe = || {
         let stats = feed.stats();
-        let [fast, slow] = ids.map(|id| branch(&stats, id).delivered);
+        let [fast, slow] = [0, 1].map(|i| stats.branches[i].delivered);
         let held = stats.buffered + stats.read_ahead;
         [fast, slow, held as u64, stats.high_water as u64]
     };
-    let streams = (fast.boxed(), slow.boxed());
-    let (branches, outcome) = run("fanout", (events, cap as u64), streams, probe, csv).await;
+    let streams = (&mut fast, &mut slow);
+    let outcome = run("fanout", (events, cap as u64), streams, probe, csv).await;
     let stats = feed.stats();
-    drop(branches);
-    let [fast, slow] = ids.map(|id| branch(&stats, id).stalled_upstream.as_secs_f64());
+    let [fast, slow] = [0, 1].map(|i| stats.branches[i].stalled_upstream.as_secs_f64());
     (outcome, format!("fast {fast:.2} s, slow {slow:.2} s"))
 }
 
-/// Through a naive tee: a task that pushes a copy of each event into one
-/// unbounded channel per consumer.
 async fn through_naive_tee(events: u64, csv: &mut dyn Write) -> Outcome {
-    // Events pushed, read by the fast and the slow consumer, the slow one's largest backlog.
+    // Events pushed, read by the fast and by the slow consumer, the largest backlog.
     let counts: Arc<[AtomicU64; 4]> = Arc::default();
     let ((fast_tx, fast_rx), (slow_tx, slow_rx)) = (unbounded_channel(), unbounded_channel());
     let pushes = Arc::clone(&counts);
     tokio::spawn(async move {
-        let mut upstream = std::pin::pin!(upstream(events));
+        let mut upstream = upstream(events);
         let [pushed, _, slow_read, peak_backlog] = &*pushes;
         while let Some(event) = upstream.next().await {
             let pushed = pushed.fetch_add(1, Relaxed) + 1;
@@ -183,66 +158,54 @@ async fn through_naive_tee(events: u64, csv: &mut dyn Write) -> Outcome {
         let counts = Arc::clone(&counts);
         UnboundedReceiverStream::new(rx).inspect(move |_| _ = counts[index].fetch_add(1, Relaxed))
     };
-    let streams = (counted(fast_rx, 1).boxed(), counted(slow_rx, 2).boxed());
+    let streams = (counted(fast_rx, 1), counted(slow_rx, 2));
     let probe = || {
         let [pushed, fast, slow, peak] = [0, 1, 2, 3].map(|index| counts[index].load(Relaxed));
         [fast, slow, pushed.saturating_sub(slow), peak]
     };
-    let (_, outcome) = run("naive tee", (events, events), streams, probe, csv).await;
-    outcome
+    run("naive tee", (events, events), streams, probe, csv).await
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let (events, cap, csv_path) = match parse_args() {
-        Ok(args) => args,
-        Err(error) => {
-            eprintln!("error: {error}\n{USAGE}");
-            return ExitCode::from(2);
-        }
+    let (events, cap, csv_path) = parse_args().unwrap_or_else(|error| {
+        eprintln!("error: {error}\n{USAGE}");
+        std::process::exit(2)
+    });
+    let mut csv: Box<dyn Write> = match csv_path {
+        Some(path) => Box::new(std::fs::File::create(path).expect("creating the CSV")),
+        None => Box::new(std::io::sink()),
     };
-    let mut csv: Box<dyn Write> = Box::new(std::io::sink());
-    if let Some(path) = csv_path {
-        csv = Box::new(std::fs::File::create(path).expect("creating the CSV"));
-    }
     writeln!(csv, "scenario,seconds,heap_bytes,buffered").expect("writing the CSV");
     let count = HumanCount(events).to_string();
     println!("{count} events, to a fast consumer and a slow one");
     let (fanout, held) = through_fanout(events, cap, &mut csv).await;
     let naive = through_naive_tee(events, &mut csv).await;
-
-    println!(
-        "\n{:10}{:>12}{:>10}{:>12}{:>24}{:>12}",
-        "", "items", "elapsed", "throughput", "peak buffered", "peak heap*"
-    );
+    println!("\n                 items   elapsed  throughput           peak buffered  peak heap*");
     let rows = [
         ("fanout", format!("cap {cap}"), fanout),
         ("naive tee", "unbounded".into(), naive),
     ];
-    for (name, bound, (elapsed, peak_buffered, peak_heap)) in rows {
+    for (name, bound, (elapsed, peak_held, peak_heap)) in rows {
         let (seconds, heap) = (elapsed.as_secs_f64(), BinaryBytes(peak_heap).to_string());
         let rate = events as f64 / seconds / 1e6;
-        let buffered = format!("{} ({bound})", HumanCount(peak_buffered));
+        let buffered = format!("{} ({bound})", HumanCount(peak_held));
         println!("{name:10}{count:>12}{seconds:>8.2} s{rate:>8.2} M/s{buffered:>24}{heap:>12}");
     }
     println!("* the exact peak of the whole program's heap in use during the scenario");
-    println!(
-        "\nheld the upstream back in fanout: {held}\n  (the time the buffer was full with that \
-         branch at its oldest item, not all the time\n  the other one waited: each read frees a \
-         slot, and the buffer is full again only once the\n  woken task has run)"
-    );
-    let ((_, fanout_buffered, fanout_heap), (_, _, naive_heap)) = (fanout, naive);
-    let mut failures = Vec::new();
-    if fanout_buffered > cap as u64 {
-        failures.push("fanout buffered more than its cap");
+    println!("\nheld the upstream back in fanout: {held}");
+    println!("  (the time the buffer was full with that branch at its oldest item, not all the");
+    println!("  time the other one waited: each read frees a slot, and the buffer is full again");
+    println!("  only once the woken task has run)");
+    let ((_, fanout_held, fanout_heap), (_, _, naive_heap)) = (fanout, naive);
+    let (over_cap, heap_too_big) = (fanout_held > cap as u64, fanout_heap * 10 >= naive_heap);
+    if over_cap {
+        eprintln!("FAILED: fanout buffered more than its cap");
     }
-    if fanout_heap * 10 >= naive_heap {
-        failures.push("fanout's peak heap is not below a tenth of the naive tee's");
+    if heap_too_big {
+        eprintln!("FAILED: fanout's peak heap is not below a tenth of the naive tee's");
     }
-    for failure in &failures {
-        eprintln!("FAILED: {failure}");
-    }
-    ExitCode::from(u8::from(!failures.is_empty()))
+    ExitCode::from(u8::from(over_cap || heap_too_big))
 }
 
 fn parse_args() -> Result<(u64, usize, Option<std::path::PathBuf>), lexopt::Error> {
@@ -252,14 +215,11 @@ fn parse_args() -> Result<(u64, usize, Option<std::path::PathBuf>), lexopt::Erro
     while let Some(arg) = parser.next()? {
         match arg {
             Long("events") => events = parser.value()?.parse()?,
-            Long("cap") => cap = parser.value()?.parse()?,
+            Long("cap") => cap = parser.value()?.parse::<std::num::NonZeroUsize>()?.get(),
             Long("short") => events = 200_000,
             Long("csv") => csv = Some(parser.value()?.into()),
             _ => return Err(arg.unexpected()),
         }
-    }
-    if cap == 0 {
-        return Err("--cap must be at least 1".into());
     }
     Ok((events, cap, csv))
 }
