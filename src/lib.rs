@@ -331,9 +331,9 @@
 //!
 //! // Fully qualified, or with the free function: never ambiguous.
 //! let [a, b] = fanout::StreamExt::fanout_array(stream::iter(["event"]), 16);
-//! let [c, d]: [_; 2] = fanout::fanout(stream::iter(["event"]), 2, 16).try_into().unwrap();
-//! let seen = block_on(future::join4(a.count(), b.count(), c.count(), d.count()));
-//! assert_eq!(seen, (1, 1, 1, 1));
+//! let more = fanout::fanout(stream::iter(["event"]), 2, 16);
+//! let seen = block_on(future::join_all([a, b].into_iter().chain(more).map(StreamExt::count)));
+//! assert_eq!(seen, [1, 1, 1, 1]);
 //! ```
 #![forbid(unsafe_code)]
 #![warn(
