@@ -418,11 +418,7 @@ impl<S: Stream> Shared<S> {
         let mut state = self.lock_state();
         let start = state.replay_start(state.pulled()).max(state.head);
         let (key, id) = state.branches.subscribe(start);
-        state.stalls_outdated = true;
-        let first_unread = state.index_of(start);
-        for slot in state.slots.range_mut(first_unread..) {
-            slot.unread_by += 1;
-        }
+        state.add_reader_at(start);
         (key, id)
     }
 
@@ -484,11 +480,7 @@ where
         // with a copy of read-ahead reports the gap after it, as its
         // original does, rather than skip it silently.
         let (fork, id) = state.branches.fork(key, !copy.is_empty());
-        state.stalls_outdated = true;
-        let first_unread = state.index_of(position);
-        for slot in state.slots.range_mut(first_unread..) {
-            slot.unread_by += 1;
-        }
+        state.add_reader_at(position);
         // Its position is the original's, past the read-ahead it copies.
         state.branches.get_mut(fork).taken = copy.len() as u64;
         state.reserve(fork, copy.len());
@@ -740,6 +732,16 @@ impl<S: Stream> State<S> {
         let slot = self.slots.pop_front()?;
         self.head += 1;
         Some(slot.item)
+    }
+
+    /// A new branch, just registered at `position`, has the slots from there
+    /// on still to read.
+    fn add_reader_at(&mut self, position: u64) {
+        self.stalls_outdated = true;
+        let first_unread = self.index_of(position);
+        for slot in self.slots.range_mut(first_unread..) {
+            slot.unread_by += 1;
+        }
     }
 
     /// The oldest position kept for replay once `end` items are pulled.
